@@ -1,0 +1,9 @@
+from django.urls import path
+
+from facility import views
+
+app_name = "facility"
+
+urlpatterns = [
+    path("", views.OverviewView.as_view(), name="overview"),
+]

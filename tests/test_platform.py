@@ -1,0 +1,101 @@
+"""The platform under the product: healthz, a real Celery worker over Redis, production settings."""
+
+import os
+import secrets
+import subprocess
+import sys
+
+import pytest
+from django.test import override_settings
+
+from tests.conftest import REPO
+
+
+@pytest.mark.django_db(transaction=True)
+def test_celery_round_trip_through_redis(celery_worker):
+    from facility.models import Site
+    from facility.tasks import probe
+
+    Site.objects.create(slug="s1", name="Site one")
+    for queue in ("ingest", "inference", "control", "default"):
+        answer = probe.apply_async(queue=queue).get(timeout=20)
+        assert answer == {"worker": celery_worker["hostname"], "sites": 1}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_healthz_deep_round_trips_every_required_queue(client, celery_worker):
+    with override_settings(HEALTHZ_REQUIRED_QUEUES=["ingest", "inference", "control"]):
+        body = client.get("/healthz?deep=1").json()
+    assert body["checks"]["task_round_trip"]["answered"] == dict.fromkeys(
+        ["ingest", "inference", "control"], celery_worker["hostname"]
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_healthz_reports_database_redis_and_workers(client, celery_worker):
+    response = client.get("/healthz")
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["checks"]["database"] == body["checks"]["database"] | {"ok": True, "vendor": "postgresql"}
+    hostnames = [w["hostname"] for w in body["checks"]["celery"]["workers"]]
+    assert celery_worker["hostname"] in hostnames
+
+
+@pytest.mark.django_db
+def test_healthz_503_when_a_required_queue_has_no_worker(client, redis_client):
+    with override_settings(HEALTHZ_REQUIRED_QUEUES=["no-such-queue"]):
+        response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response["Retry-After"]
+    assert "no-such-queue" in response.json()["checks"]["celery"]["error"]
+
+
+@pytest.mark.django_db
+def test_healthz_503_when_redis_is_unreachable(client):
+    from config.redis_client import get_redis
+
+    get_redis.cache_clear()
+    try:
+        with override_settings(REDIS_URL="redis://127.0.0.1:1/0"):
+            response = client.get("/healthz")
+    finally:
+        get_redis.cache_clear()
+    assert response.status_code == 503
+    body = response.json()
+    assert body["checks"]["redis"]["ok"] is False and body["checks"]["database"]["ok"] is True
+
+
+def test_check_deploy_is_clean_under_production_settings():
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="config.settings.production",
+        SECRET_KEY=secrets.token_urlsafe(64),
+        ALLOWED_HOSTS="fusedc.example.com",
+        DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres",
+        REDIS_URL="redis://127.0.0.1:6379/15",
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_production_settings_refuse_to_start_without_secrets():
+    env = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DATABASE_URL", "REDIS_URL")}
+    env["DJANGO_SETTINGS_MODULE"] = "config.settings.production"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0 and "SECRET_KEY" in result.stderr
+
+
+def test_openapi_schema_builds_without_warnings():
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="config.settings.test")
+    result = subprocess.run(
+        [sys.executable, "manage.py", "spectacular", "--validate", "--fail-on-warn", "--file", os.devnull],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
