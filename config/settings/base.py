@@ -108,6 +108,13 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# Shared cache (login and per-token rate limits must hold across processes): Redis when configured.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    if REDIS_URL
+    else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+}
+
 # --- Celery ---------------------------------------------------------------------------------------
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html
 CELERY_BROKER_URL = REDIS_URL or "memory://"
@@ -133,7 +140,10 @@ CELERY_TASK_ROUTES = {
     "inference.*": {"queue": "inference"},
     "control.*": {"queue": "control"},
 }
-CELERY_BEAT_SCHEDULE = {}
+CELERY_BEAT_SCHEDULE = {
+    # Writers: store buffered telemetry. Expires so a backlog of triggers never piles up behind a slow one.
+    "telemetry-drain": {"task": "telemetry.tasks.drain_buffer", "schedule": 1.0, "options": {"expires": 2}},
+}
 # A worker counts as alive while its heartbeat (written from its event loop) is younger than this.
 WORKER_HEARTBEAT_INTERVAL = env.float("WORKER_HEARTBEAT_INTERVAL", default=5.0)
 WORKER_HEARTBEAT_TTL = env.int("WORKER_HEARTBEAT_TTL", default=30)
@@ -185,3 +195,17 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
+
+# --- Telemetry --------------------------------------------------------------------------------------
+# A writer that has held buffer entries this long without acknowledging them is presumed dead.
+TELEMETRY_RECLAIM_IDLE_MS = env.int("TELEMETRY_RECLAIM_IDLE_MS", default=30_000)
+# Samples older or further in the future than this are refused (clock errors, replays of old files).
+TELEMETRY_MAX_AGE_SECONDS = env.int("TELEMETRY_MAX_AGE_SECONDS", default=7 * 86400)
+TELEMETRY_MAX_FUTURE_SECONDS = env.int("TELEMETRY_MAX_FUTURE_SECONDS", default=300)
+# Largest ingest request body; bigger ones get 413 before parsing.
+TELEMETRY_MAX_BODY_BYTES = env.int("TELEMETRY_MAX_BODY_BYTES", default=16 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = TELEMETRY_MAX_BODY_BYTES
+# Raw samples are kept this many days (whole daily partitions dropped); rollups longer.
+TELEMETRY_RETENTION_RAW_DAYS = env.int("TELEMETRY_RETENTION_RAW_DAYS", default=7)
+TELEMETRY_RETENTION_1M_DAYS = env.int("TELEMETRY_RETENTION_1M_DAYS", default=90)
+TELEMETRY_RETENTION_1H_DAYS = env.int("TELEMETRY_RETENTION_1H_DAYS", default=730)

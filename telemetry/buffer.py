@@ -1,0 +1,132 @@
+"""The ingest buffer: accepted batches wait here until a writer has stored them.
+
+Production: a Redis stream with a consumer group of writers (at-least-once: an entry stays pending until a
+writer acknowledges it after its database commit; entries of a dead writer are reclaimed after
+TELEMETRY_RECLAIM_IDLE_MS). Embedded default: the same interface in process memory.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from functools import cache
+
+import redis
+from django.conf import settings
+
+STREAM = "fusedc:telemetry"
+GROUP = "writers"
+
+
+class BufferUnavailable(Exception):
+    """The buffer cannot take data now (Redis down): the caller answers 503, nothing is accepted."""
+
+
+class RedisBuffer:
+    def __init__(self, client: redis.Redis, reclaim_idle_ms: int):
+        self.client = client
+        self.reclaim_idle_ms = reclaim_idle_ms
+        self._group_ready = False
+
+    def _ensure_group(self):
+        if self._group_ready:
+            return
+        try:
+            self.client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def append(self, payload: bytes) -> str:
+        try:
+            self._ensure_group()
+            return self.client.xadd(STREAM, {"b": payload}).decode()
+        except redis.RedisError as exc:
+            self._group_ready = False
+            raise BufferUnavailable(str(exc)) from exc
+
+    def claim(self, consumer: str, count: int) -> list[tuple[str, bytes]]:
+        """Entries for this consumer: first any left pending too long by a dead writer, then new ones."""
+        self._ensure_group()
+        _, stale, _ = self.client.xautoclaim(STREAM, GROUP, consumer, self.reclaim_idle_ms, "0-0", count=count)
+        entries = [(eid, fields) for eid, fields in stale if fields]
+        if not entries:
+            reply = self.client.xreadgroup(GROUP, consumer, {STREAM: ">"}, count=count)
+            entries = reply[0][1] if reply else []
+        return [(eid.decode(), fields[b"b"]) for eid, fields in entries]
+
+    def ack(self, entry_ids: list[str]):
+        if entry_ids:
+            self.client.xack(STREAM, GROUP, *entry_ids)
+
+    def depth(self) -> dict:
+        self._ensure_group()
+        pending = self.client.xpending(STREAM, GROUP)["pending"]
+        groups = {g["name"].decode(): g for g in self.client.xinfo_groups(STREAM)}
+        return {"pending": pending, "lag": groups[GROUP].get("lag") or 0, "length": self.client.xlen(STREAM)}
+
+    def trim(self):
+        """Drop entries every writer has acknowledged (never one still pending or undelivered)."""
+        self._ensure_group()
+        summary = self.client.xpending(STREAM, GROUP)
+        groups = {g["name"].decode(): g for g in self.client.xinfo_groups(STREAM)}
+        horizon = summary["min"] if summary["pending"] else groups[GROUP]["last-delivered-id"]
+        if horizon and horizon not in (b"0-0", "0-0"):
+            ms, seq = (horizon.decode() if isinstance(horizon, bytes) else horizon).split("-")
+            # MINID keeps entries >= horizon; when nothing is pending, keep the last delivered one too.
+            self.client.xtrim(STREAM, minid=f"{ms}-{seq}", approximate=False)
+
+
+class InProcessBuffer:
+    """The embedded default's buffer: same contract, in memory (data in flight is lost with the process)."""
+
+    def __init__(self, reclaim_idle_ms: int):
+        self.reclaim_idle_ms = reclaim_idle_ms
+        self._lock = threading.Lock()
+        self._new: dict[str, bytes] = {}
+        self._pending: dict[str, tuple[str, float, bytes]] = {}  # id -> (consumer, delivered_at, payload)
+        self._last_ms, self._seq = 0, 0
+
+    def append(self, payload: bytes) -> str:
+        with self._lock:
+            ms = int(time.time() * 1000)
+            self._seq = self._seq + 1 if ms <= self._last_ms else 0
+            self._last_ms = max(ms, self._last_ms)
+            entry_id = f"{self._last_ms}-{self._seq}"
+            self._new[entry_id] = payload
+            return entry_id
+
+    def claim(self, consumer: str, count: int) -> list[tuple[str, bytes]]:
+        now = time.monotonic()
+        with self._lock:
+            stale = [eid for eid, (_, at, _) in self._pending.items() if (now - at) * 1000 >= self.reclaim_idle_ms]
+            chosen = [(eid, self._pending[eid][2]) for eid in stale[:count]]
+            if not chosen:
+                chosen = list(self._new.items())[:count]
+                for eid, _ in chosen:
+                    del self._new[eid]
+            for eid, payload in chosen:
+                self._pending[eid] = (consumer, now, payload)
+            return chosen
+
+    def ack(self, entry_ids: list[str]):
+        with self._lock:
+            for eid in entry_ids:
+                self._pending.pop(eid, None)
+
+    def depth(self) -> dict:
+        with self._lock:
+            return {"pending": len(self._pending), "lag": len(self._new), "length": len(self._new) + len(self._pending)}
+
+    def trim(self):
+        """Acknowledged entries are already gone."""
+
+
+@cache
+def get_buffer() -> RedisBuffer | InProcessBuffer:
+    if settings.REDIS_URL:
+        from config.redis_client import get_redis
+
+        return RedisBuffer(get_redis(), settings.TELEMETRY_RECLAIM_IDLE_MS)
+    return InProcessBuffer(settings.TELEMETRY_RECLAIM_IDLE_MS)
