@@ -261,7 +261,7 @@ _METRICS: tuple[Metric, ...] = (
     _point("differential_pressure_kilopascal", Unit.KILOPASCAL, "Supply-return pressure difference.",
            -1000, 3000),
     _point("flow_liters_per_minute", Unit.LITERS_PER_MINUTE, "Coolant volumetric flow.", 0, 1e6),
-    _point("pump_speed_ratio", Unit.RATIO, "Pump speed as a fraction of full speed.", 0, 1),
+    _point("pump_speed_ratio", Unit.RATIO, "Pump speed as a fraction of nominal (may exceed 1).", 0, 1.5),
     _point("heat_removed_kilowatt", Unit.KILOWATT, "Heat carried away by the coolant.", -1000, 1e5),
     _point("coolant_level_ratio", Unit.RATIO, "Reservoir or loop coolant level as a fraction of full.", 0, 1),
     # --- Cooling: air side ---

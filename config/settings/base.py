@@ -86,6 +86,12 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'f
 # https://docs.djangoproject.com/en/5.2/ref/databases/#persistent-connections — reuse connections in workers.
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # The embedded default writes telemetry from a thread while pages read: WAL lets both proceed.
+    DATABASES["default"]["OPTIONS"] = {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                                       "timeout": 20}
+# Series' uniqueness treats NULL units as equal on PostgreSQL; SQLite (embedded) cannot express it.
+SILENCED_SYSTEM_CHECKS = ["models.W047"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: Celery broker and results, channel layer, telemetry buffer --------------------------------

@@ -207,7 +207,7 @@ MALFORMED = [
     ({"ReadingUnits": "gal/min"}, SENSOR, "Reading", "cannot convert 'gal/min'"),
     ({"ReadingUnits": 7}, SENSOR, "ReadingUnits", "missing or invalid units"),
     ({"PumpSpeedPercent": 38.5}, PUMP, "PumpSpeedPercent", "expected an object"),
-    ({"PumpSpeedPercent": {"Reading": 150}}, PUMP, "PumpSpeedPercent.Reading", "above the plausible maximum"),
+    ({"PumpSpeedPercent": {"Reading": 180}}, PUMP, "PumpSpeedPercent.Reading", "above the plausible maximum"),
     ({"SpeedControlPercent": {"SetPoint": "45"}}, PUMP, "SpeedControlPercent.SetPoint", "expected a number"),
     ({"SpeedControlPercent": {"SetPoint": 45, "ControlMode": 1}}, PUMP, "SpeedControlPercent.ControlMode",
      "expected a string"),

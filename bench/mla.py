@@ -1,0 +1,302 @@
+"""MLA against MHA for the telemetry forecaster: cache bytes per token, and decode-step throughput.
+
+    .venv/bin/python bench/mla.py                 # 4,096 streams, 128/512/1,024/2,048 steps of history
+    .venv/bin/python bench/mla.py --quick         # short smoke run
+    .venv/bin/python bench/mla.py --device cuda   # on a GPU, if there is one
+    .venv/bin/python bench/mla.py --threads 1     # steadier numbers on a shared, busy CPU
+
+What is timed is one attention layer at the forecaster's default shapes (``ForecasterConfig()``) taking
+one decode step for every stream against a cache already holding ``history`` tokens per stream: MLA with
+absorbed weights (what the worker runs), MLA rebuilding K/V from the cache (the naive way), and standard
+MHA with the same parameter budget and a full per-head K/V cache. All three use the same dense attention
+kernel (``inference.mla.dense_attention``) and the same stream chunking, under ``torch.inference_mode``,
+after a warm-up, reporting the median of several runs. Caches are filled with random values (timings do
+not depend on them); the absorbed and decompressing paths are checked to agree before timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from inference.mla import MLAConfig, MultiHeadLatentAttention
+from inference.model import ForecasterConfig, MultiHeadAttention, count_parameters
+
+GIB = 1024**3
+METHODS = {"MLA absorbed": "absorbed", "MLA decompressing": "decompressing", "MHA": "mha"}
+MEMORY_BUDGET = 24 * GIB  # the box the worker must fit on; also capped by what this machine has free
+
+
+# --------------------------------------------------------------------------------------------------
+# Cache sizes
+
+
+def cache_rows(dtype: torch.dtype) -> list[tuple[str, str, int, str]]:
+    """(shapes, method, elements per token per layer, formula) for the forecaster and DeepSeek-V2."""
+    f = ForecasterConfig()
+    h, d = f.num_attention_heads, f.resolved_mha_head_dim()
+    groups = 2
+    rows = [
+        ("forecaster", "MLA", f.kv_lora_rank + f.qk_rope_head_dim,
+         f"kv_lora_rank {f.kv_lora_rank} + rope {f.qk_rope_head_dim}"),
+        ("forecaster", "MHA", 2 * h * d, f"2 x {h} heads x {d} (budget-matched head dim)"),
+        ("forecaster", f"GQA-{groups}", 2 * groups * d, f"2 x {groups} kv heads x {d}"),
+    ]
+    # DeepSeek-V2 (arXiv:2405.04434, table 1): 128 heads of 128, d_c = 512, d_h^R = 64.
+    rows += [
+        ("DeepSeek-V2", "MLA", 512 + 64, "kv_lora_rank 512 + rope 64"),
+        ("DeepSeek-V2", "MHA", 2 * 128 * 128, "2 x 128 heads x 128"),
+        ("DeepSeek-V2", "GQA-8", 2 * 8 * 128, "2 x 8 kv heads x 128"),
+        ("DeepSeek-V2", "MQA", 2 * 128, "2 x 1 kv head x 128"),
+    ]
+    return rows
+
+
+def print_cache_table(dtype: torch.dtype, streams: int, history: int) -> None:
+    size = torch.empty((), dtype=dtype).element_size()
+    print(f"\nCache per token per layer ({dtype}, {size} B/element); last column: {streams:,} streams x "
+          f"{history:,} steps, one layer")
+    print(f"{'shapes':<12} {'method':<7} {'elements':>9} {'bytes':>8} {'vs MHA':>8} {'GiB':>8}  formula")
+    mha = {shape: elems for shape, method, elems, _ in cache_rows(dtype) if method == "MHA"}
+    for shape, method, elems, formula in cache_rows(dtype):
+        total = streams * history * elems * size / GIB
+        print(f"{shape:<12} {method:<7} {elems:>9,} {elems * size:>8,} {elems / mha[shape]:>8.4f} "
+              f"{total:>8.2f}  {formula}")
+    f = ForecasterConfig()
+    print(f"forecaster: {f.num_layers} layers -> MLA {f.num_layers * (f.kv_lora_rank + f.qk_rope_head_dim) * size:,}"
+          f" B/token/stream; MHA {f.num_layers * 2 * f.num_attention_heads * f.resolved_mha_head_dim() * size:,}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Throughput
+
+
+def available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return MEMORY_BUDGET
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_layers(device: torch.device, dtype: torch.dtype) -> tuple[MultiHeadLatentAttention, MultiHeadAttention]:
+    f = ForecasterConfig()
+    torch.manual_seed(0)
+    mla = MultiHeadLatentAttention(f.mla_config()).to(device, dtype).eval()
+    mha = MultiHeadAttention(
+        f.hidden_size, f.num_attention_heads, f.resolved_mha_head_dim(), f.qk_rope_head_dim, f.mla_config()
+    ).to(device, dtype).eval()
+    return mla, mha
+
+
+def fill_caches(layer, streams: int, chunk: int, history: int, device, dtype) -> list:
+    """Caches of ``history`` random tokens for all streams, one cache per chunk of streams, with room for
+    one more token so a decode step never reallocates."""
+    caches = []
+    piece = min(history, 256)
+    for start in range(0, streams, chunk):
+        n = min(chunk, streams - start)
+        cache = layer.new_cache(n, capacity=history + 1, dtype=dtype, device=device)
+        if isinstance(layer, MultiHeadLatentAttention):
+            c_kv = torch.randn(n, piece, layer.kv_lora_rank, device=device, dtype=dtype)
+            k_pe = torch.randn(n, piece, layer.qk_rope_head_dim, device=device, dtype=dtype)
+            parts = (c_kv, k_pe)
+        else:
+            k = torch.randn(n, layer.num_heads, piece, layer.head_dim, device=device, dtype=dtype)
+            parts = (k, 0.5 * k)
+        done = 0
+        while done < history:
+            take = min(piece, history - done)
+            cache.append(*(p.narrow(-2 if p.dim() == 4 else 1, 0, take) for p in parts))
+            done += take
+        caches.append(cache)
+    return caches
+
+
+def decode_step(layer, caches, history, device, dtype, **kwargs):
+    """A closure running one decode step for every stream (all chunks), leaving the caches as found."""
+    hidden = layer.o_proj.out_features
+    xs = [torch.randn(c.batch_size, 1, hidden, device=device, dtype=dtype) for c in caches]
+    positions = torch.full((1,), history, device=device)
+
+    def step() -> None:
+        for x, cache in zip(xs, caches, strict=True):
+            layer(x, positions, cache, **kwargs)
+            cache.truncate(history)  # undo the append so every run sees the same history
+
+    return step
+
+
+def time_round_robin(steps: dict, runs: int, warmup: int, device) -> dict[str, list[float]]:
+    """Seconds per step for each method, timed in turn within every run so that background load on a
+    shared machine hits all methods alike (ratios stay meaningful even when absolute times wobble)."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    synchronize(device)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(runs):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def check_paths_agree(mla: MultiHeadLatentAttention, device, dtype) -> float:
+    """Absorbed vs decompressing decode on a real prefill: max abs difference."""
+    torch.manual_seed(1)
+    x = torch.randn(8, 65, mla.config.hidden_size, device=device, dtype=dtype)
+    pos = torch.arange(65, device=device)
+    _, cache = mla(x[:, :64], pos[:64])
+    other = cache.select(range(8))
+    a, _ = mla(x[:, 64:], pos[64:], cache)
+    b, _ = mla(x[:, 64:], pos[64:], other, decompress=True)
+    return (a - b).abs().max().item()
+
+
+def run_throughput(args, device: torch.device, dtype: torch.dtype) -> None:
+    mla, mha = build_layers(device, dtype)
+    f = ForecasterConfig()
+    size = torch.empty((), dtype=dtype).element_size()
+    print(f"\nDecode-step throughput, one attention layer at the forecaster's shapes (hidden {f.hidden_size}, "
+          f"{f.num_attention_heads} heads): {args.streams:,} streams, chunks of {args.chunk}, {dtype}, "
+          f"median of {args.runs} runs (methods interleaved) after {args.warmup} warm-up")
+    print(f"parameters per layer: MLA {count_parameters(mla):,}, MHA {count_parameters(mha):,} "
+          f"(head dim {mha.head_dim}); absorbed vs decompressing max |diff| "
+          f"{check_paths_agree(mla, device, dtype):.2e}")
+    print(f"{'history':>8} {'method':<18} {'cache GiB':>9} {'ms/step':>9} {'best ms':>9} "
+          f"{'stream-steps/s':>15} {'vs MHA':>7}")
+    mla_token = (mla.kv_lora_rank + mla.qk_rope_head_dim) * size
+    mha_token = 2 * mha.num_heads * mha.head_dim * size
+    # The decompressing path materialises K, V and their concatenation for a chunk, per history token.
+    scratch_token = 3 * args.chunk * mla.num_heads * (mla.qk_head_dim + mla.v_head_dim) * size
+    selected = [m for m in METHODS if METHODS[m] in args.methods]
+    for history in args.histories:
+        # All selected methods' caches are alive together (round-robin timing), plus decompress scratch.
+        need = args.streams * history * (mha_token if "MHA" in selected else 0)
+        if any(m.startswith("MLA") for m in selected):
+            need += args.streams * history * mla_token
+        if "MLA decompressing" in selected:
+            need += scratch_token * history
+        limit = min(MEMORY_BUDGET, int(0.8 * available_bytes(device)))
+        if need > limit:
+            print(f"{history:>8,} needs {need / GIB:.1f} GiB > {limit / GIB:.1f} GiB available: skipped "
+                  f"(use --streams or --chunk)")
+            continue
+        with torch.inference_mode():
+            steps = {}
+            if any(m.startswith("MLA") for m in selected):
+                mla_caches = fill_caches(mla, args.streams, args.chunk, history, device, dtype)
+                if "MLA absorbed" in selected:
+                    steps["MLA absorbed"] = decode_step(mla, mla_caches, history, device, dtype)
+                if "MLA decompressing" in selected:
+                    steps["MLA decompressing"] = decode_step(
+                        mla, mla_caches, history, device, dtype, decompress=True
+                    )
+            if "MHA" in selected:
+                steps["MHA"] = decode_step(
+                    mha, fill_caches(mha, args.streams, args.chunk, history, device, dtype), history, device, dtype
+                )
+            times = time_round_robin(steps, args.runs, args.warmup, device)
+        del steps
+        mla_caches = None
+        gc.collect()
+        median = {name: statistics.median(t) for name, t in times.items()}
+        base = median.get("MHA")
+        for name, seconds in median.items():
+            gib = args.streams * history * (mha_token if name == "MHA" else mla_token) / GIB
+            ratio = f"{base / seconds:>6.2f}x" if base else "    n/a"
+            print(f"{history:>8,} {name:<18} {gib:>9.2f} {1e3 * seconds:>9.1f} {1e3 * min(times[name]):>9.1f} "
+                  f"{args.streams / seconds:>15,.0f} {ratio:>7}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Accuracy
+
+
+def accuracy_on_heldout_twin_data(args) -> None:
+    """Hook: forecast accuracy of MLA vs MHA on held-out digital-twin data.
+
+    To be filled in by the lead once training exists: load the two trained checkpoints (same data, same
+    budget), run ``inference.model.predict`` over the held-out twin streams, and print pinball loss per
+    horizon and target, interval coverage (p10-p90), and throttle AUROC/Brier for each. Until then this
+    prints that no numbers exist, rather than inventing them.
+    """
+    print("\nAccuracy on held-out twin data: not measured yet (needs trained MLA and MHA checkpoints).")
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="512 streams, short histories, 3 runs")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:n]")
+    parser.add_argument("--streams", type=int, default=None, help="concurrent streams (default 4,096)")
+    parser.add_argument("--histories", type=str, default=None, help="comma-separated history lengths")
+    parser.add_argument("--chunk", type=int, default=None, help="streams per layer call (bounds scratch memory)")
+    parser.add_argument("--runs", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--methods", default="absorbed,decompressing,mha", help="subset to time")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.streams = args.streams or 512
+        args.histories = args.histories or "128,512"
+        args.runs = args.runs or 3
+    args.streams = args.streams or 4096
+    args.histories = [int(h) for h in (args.histories or "128,512,1024,2048").split(",")]
+    args.runs = args.runs or 5
+    args.methods = set(args.methods.split(","))
+    if unknown := args.methods - set(METHODS.values()):
+        parser.error(f"unknown methods {sorted(unknown)}; choose from {sorted(METHODS.values())}")
+    args.chunk = args.chunk or (args.streams if args.device.startswith("cuda") else min(512, args.streams))
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit("--device cuda: no CUDA device available")
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU, {torch.get_num_threads()} threads"
+    print(f"bench/mla.py  torch {torch.__version__}  device: {name}")
+    print_cache_table(dtype, args.streams, max(args.histories))
+    # DeepSeek-V2 sanity: the module's own accounting matches the paper's 576.
+    v2 = MLAConfig(hidden_size=5120, num_attention_heads=128, q_lora_rank=1536, kv_lora_rank=512,
+                   qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)
+    assert v2.cache_elements_per_token == 576
+    run_throughput(args, device, dtype)
+    accuracy_on_heldout_twin_data(args)
+
+
+if __name__ == "__main__":
+    main()

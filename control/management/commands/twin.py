@@ -1,0 +1,79 @@
+"""`manage.py twin calibrate|run`: the digital twin from the command line.
+
+It lives in the control app (the top of the dependency chain) because `run` feeds the telemetry pipeline
+and `evaluate` drives control policies; the twin itself (facility/twin) imports neither.
+"""
+
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from facility.models import Site
+from facility.twin import PROFILE_KEYS, calibrate, format_comparison
+
+
+class Command(BaseCommand):
+    help = "Run the digital twin: calibration against published measurements, or as the plant."
+
+    def add_arguments(self, parser):
+        actions = parser.add_subparsers(dest="action", required=True)
+        cal = actions.add_parser("calibrate", help="Reproduce the published air-vs-liquid experiment.")
+        cal.add_argument("--profile", default="seed", choices=sorted(PROFILE_KEYS))
+        cal.add_argument("--json", action="store_true", dest="as_json", help="Print one JSON object.")
+        run = actions.add_parser("run", help="Run the twin as a telemetry source through the ingest pipeline.")
+        run.add_argument("--site", help="Site slug (needed when there is more than one site).")
+        run.add_argument("--profile", default="seed", choices=sorted(PROFILE_KEYS))
+        run.add_argument("--workload", default="training", choices=["training", "inference", "burn", "idle"])
+        run.add_argument("--speed", type=float, default=1.0, help="Speed (× real time) while catching up.")
+        run.add_argument("--backfill-minutes", type=float, default=0.0,
+                         help="Start this far in the past; runs at --speed until caught up with the clock.")
+        run.add_argument("--interval", type=float, default=1.0, help="Simulated seconds between scrapes.")
+        run.add_argument("--duration", type=float, help="Stop after this many simulated seconds.")
+        run.add_argument("--seed", type=int, default=0)
+
+    def handle(self, *args, action, **options):
+        getattr(self, action)(**options)
+
+    def calibrate(self, profile, as_json, **_):
+        result = calibrate(profile)
+        if as_json:
+            self.stdout.write(json.dumps(result))
+        else:
+            self.stdout.write(format_comparison(result))
+
+    def run(self, site, profile, workload, speed, backfill_minutes, interval, duration, seed, **_):
+        from telemetry.sources.twin import TwinSource
+        from telemetry.sources.twin import run as run_twin
+        from telemetry.writer import drain
+
+        sites = Site.objects.filter(slug=site) if site else Site.objects.all()
+        if len(sites) != 1:
+            raise CommandError("name the site with --site" if not site else f"no site {site!r}")
+        if speed <= 0 or interval <= 0:
+            raise CommandError("--speed and --interval must be positive")
+        start = datetime.now(UTC) - timedelta(minutes=backfill_minutes)
+        source = TwinSource(sites[0], profile=profile, workload=workload, seed=seed, start=start)
+        self.stdout.write(f"Twin of {sites[0].slug} ({profile} profile, {workload}) from {start:%Y-%m-%d %H:%M:%S} "
+                          f"UTC, {len(source.twin.gpu_uuids)} GPUs; Ctrl-C stops it.")
+        stop = threading.Event()
+
+        def report(src):
+            if settings.EMBEDDED:
+                # No Redis: the buffer lives in this process, so this process also stores what it emits.
+                drain("twin-run", time_budget_s=1.0)
+            facility = src.twin.facility()
+            self.stdout.write(
+                f"\r{src.twin.time:%H:%M:%S}  IT {facility['it_power_kw']:7.1f} kW  PUE {facility['pue']:.3f}  "
+                f"max GPU {facility['gpu_temperature_celsius_max']:5.1f} °C  throttling {facility['gpus_throttling']}",
+                ending="",
+            )
+
+        try:
+            emitted = run_twin(source, interval=interval, speed=speed, stop=stop, duration=duration, on_tick=report)
+        except KeyboardInterrupt:
+            stop.set()
+            emitted = None
+        self.stdout.write(f"\nstopped{'' if emitted is None else f' after {emitted} emissions'}")

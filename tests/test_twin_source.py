@@ -1,0 +1,62 @@
+"""The twin as plant and source: calibration from the command line, telemetry through the real pipeline."""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.core.management import call_command
+
+from facility import facility_file
+from facility.management.commands.seed_demo import DEMO_FILE
+from facility.models import GPU, Site
+from telemetry import writer
+from telemetry.buffer import get_buffer
+from telemetry.models import GpuSample, PointSample, Series
+from telemetry.sources.twin import TwinSource, run
+
+PUBLISHED = {
+    "air": {"gpu_temp_c_min": 54, "gpu_temp_c_max": 72, "tflops_per_gpu": 46, "node_power_kw": 8.16,
+            "tflops_per_gpu_per_node_kw": 5.6},
+    "liquid": {"gpu_temp_c_min": 41, "gpu_temp_c_max": 50, "tflops_per_gpu": 54, "node_power_kw": 6.99,
+               "tflops_per_gpu_per_node_kw": 7.7},
+}
+
+
+def test_calibrate_json_is_within_ten_percent_with_seed(capsys):
+    call_command("twin", "calibrate", "--json")
+    result = json.loads(capsys.readouterr().out)
+    assert result["profile"] == "seed"
+    for cooling, values in PUBLISHED.items():
+        for key, published in values.items():
+            assert result[cooling][key] == pytest.approx(published, rel=0.10), (cooling, key)
+
+
+def test_calibrate_table_shows_errors(capsys):
+    call_command("twin", "calibrate", "--profile", "physics")
+    out = capsys.readouterr().out
+    assert "profile physics" in out and "error" in out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_twin_feeds_the_ingest_pipeline(redis_client):
+    redis_client.flushdb()
+    get_buffer.cache_clear()
+    facility_file.import_facility(facility_file.parse(DEMO_FILE.read_text()))
+    site = Site.objects.get(slug="demo")
+    source = TwinSource(site, start=datetime.now(UTC) - timedelta(minutes=2))
+    emitted = run(source, interval=10, speed=1e6, duration=60)
+    assert emitted == 6
+    report = writer.drain("test", time_budget_s=30)
+    gpus = GPU.objects.count()
+    # Dropouts remove a few readings, never whole rows: every GPU reports at every scrape.
+    assert report.gpu_rows == GpuSample.objects.count() == emitted * gpus
+    temps = list(GpuSample.objects.values_list("gpu_temp", flat=True))
+    assert sum(t is not None for t in temps) > 0.99 * len(temps)
+    assert all(20 < t < 92 for t in temps if t is not None)
+    assert PointSample.objects.exists()
+    cdu = Series.objects.get(cooling_unit__name="cdu-b1", metric="supply_water_temperature_celsius",
+                             point="secondary")
+    readings = list(PointSample.objects.filter(series=cdu).values_list("value", flat=True))
+    assert len(readings) == emitted and all(24 < v < 26 for v in readings)  # the 25 °C setpoint, with noise
+    assert Series.objects.filter(metric="outdoor_wet_bulb_temperature_celsius", cooling_unit=None).exists()
+    get_buffer.cache_clear()
