@@ -294,6 +294,11 @@ _METRICS: tuple[Metric, ...] = (
            equipment=Equipment.SITE),
     _point("outdoor_relative_humidity_ratio", Unit.RATIO, "Outdoor relative humidity.", 0, 1,
            equipment=Equipment.SITE),
+    # Site electrical meters (UPS output = IT load; utility incomer = whole facility), as a BMS/EPMS reports them.
+    _point("it_power_kilowatt", Unit.KILOWATT, "IT load: UPS output / PDU sum.", 0, 1e6,
+           equipment=Equipment.SITE),
+    _point("facility_power_kilowatt", Unit.KILOWATT, "Whole-facility power at the utility incomer.", 0, 1e6,
+           equipment=Equipment.SITE),
 )
 # fmt: on
 

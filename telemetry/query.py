@@ -161,3 +161,16 @@ def _epoch(ts) -> float:
 
         ts = ts.replace(tzinfo=UTC)
     return ts.timestamp()
+
+
+def facility_now(site_id: int, since: float) -> dict:
+    """The derived facility KPIs (telemetry.derived) from the latest readings since `since`."""
+    import numpy as np
+
+    from telemetry.derived import facility_kpis
+    from telemetry.schema import METRIC_OF_COLUMN
+
+    columns = ("power_usage", "tflops", "clocks_event_reasons", "gpu_temp")
+    latest = latest_gpu_values(site_id, [METRIC_OF_COLUMN[c] for c in columns], since)
+    gpu = {c: np.array(latest[METRIC_OF_COLUMN[c]], dtype=float) for c in columns}
+    return facility_kpis(gpu, latest_point_values(site_id, None, since))

@@ -60,3 +60,20 @@ def test_twin_feeds_the_ingest_pipeline(redis_client):
     assert len(readings) == emitted and all(24 < v < 26 for v in readings)  # the 25 °C setpoint, with noise
     assert Series.objects.filter(metric="outdoor_wet_bulb_temperature_celsius", cooling_unit=None).exists()
     get_buffer.cache_clear()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_facility_kpis_from_twin_telemetry(redis_client, role_client):
+    redis_client.flushdb()
+    get_buffer.cache_clear()
+    facility_file.import_facility(facility_file.parse(DEMO_FILE.read_text()))
+    source = TwinSource(Site.objects.get(slug="demo"), start=datetime.now(UTC) - timedelta(minutes=1), sensors=False)
+    run(source, interval=5, speed=1e6, duration=10)
+    writer.drain("test", time_budget_s=30)
+    truth = source.twin.facility()
+    kpis = role_client("viewer").get("/api/v1/telemetry/latest", {"within_seconds": 600}).json()["facility"]
+    assert kpis["it_power_kw"] == pytest.approx(truth["it_power_kw"], rel=1e-6)
+    assert kpis["pue"] == pytest.approx(truth["pue"], rel=1e-6)
+    assert kpis["tflops"] == pytest.approx(truth["tflops"], rel=1e-3)
+    assert kpis["gpus_reporting"] == GPU.objects.count()
+    get_buffer.cache_clear()

@@ -90,5 +90,6 @@ LATEST = inline_serializer(
         "site": serializers.CharField(),
         "gpus": serializers.DictField(help_text="columns: uuid, hostname, gpu, time and one per metric"),
         "points": serializers.ListField(child=serializers.DictField()),
+        "facility": serializers.DictField(help_text="derived KPIs: IT/cooling/facility kW, PUE, TFLOPS, TFLOPS/kW…"),
     },
 )

@@ -281,4 +281,5 @@ class LatestView(QueryView):
             "site": site.slug,
             "gpus": query.latest_gpu_values(site.pk, [m for m in metrics if m in GPU_COLUMNS], since),
             "points": query.latest_point_values(site.pk, point_metrics, since),
+            "facility": {k: (None if v != v else v) for k, v in query.facility_now(site.pk, since).items()},
         })

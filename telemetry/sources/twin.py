@@ -52,6 +52,8 @@ UNIT_POINTS = {
 SITE_POINTS = {
     "outdoor_dry_bulb_celsius": "outdoor_dry_bulb_temperature_celsius",
     "outdoor_wet_bulb_celsius": "outdoor_wet_bulb_temperature_celsius",
+    "it_power_kw": "it_power_kilowatt",
+    "facility_power_kw": "facility_power_kilowatt",
 }
 # DCGM reports violation time in ns; the twin counts µs.
 _SCALE = {"DCGM_FI_DEV_THERMAL_VIOLATION": 1000, "DCGM_FI_DEV_POWER_VIOLATION": 1000}
