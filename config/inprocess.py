@@ -1,11 +1,13 @@
 """The embedded default's in-process workers: what Celery workers, beat and the twin process do in production.
 
-Threads in the ASGI server's process: a writer draining the telemetry buffer every second (the `ingest`
-workers' job) and one twin per site feeding telemetry (the plant). They run the same code as production.
+Threads in the ASGI server's process: a beat that runs every CELERY_BEAT_SCHEDULE task in-process at its
+interval (the buffer writer every second, rollups, retention, and whatever other apps schedule), and one
+twin per site feeding telemetry (the plant). They run the same task code as production workers.
 """
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 from django.db import close_old_connections, connection
@@ -16,17 +18,25 @@ stop = threading.Event()
 twins: dict = {}
 
 
-def _writer_loop():
-    from telemetry.writer import drain
+def _beat_loop():
+    from celery import current_app
+    from django.conf import settings
 
+    schedule = settings.CELERY_BEAT_SCHEDULE
+    due = dict.fromkeys(schedule, 0.0)
     while not stop.is_set():
-        try:
-            drain("inprocess", time_budget_s=1.0)
-        except Exception:
-            log.exception("in-process writer failed")
-        finally:
-            close_old_connections()
-        stop.wait(1.0)
+        now = time.monotonic()
+        for name, entry in schedule.items():
+            if now < due[name]:
+                continue
+            due[name] = now + float(entry["schedule"])
+            try:
+                current_app.tasks[entry["task"]].apply(args=entry.get("args", ()), kwargs=entry.get("kwargs", {}))
+            except Exception:
+                log.exception("in-process task %s failed", name)
+            finally:
+                close_old_connections()
+        stop.wait(max(0.05, min(due.values()) - time.monotonic()))
     connection.close()
 
 
@@ -40,11 +50,11 @@ def _twin_loop(source, speed: float):
 
 
 def start(*, twin: bool = True, backfill_minutes: float = 30, speed: float = 60, profile: str = "seed"):
-    """Start the writer and, unless disabled, a twin per site that backfills the last `backfill_minutes`."""
+    """Start the in-process beat and, unless disabled, a twin per site backfilling the last `backfill_minutes`."""
     from facility.models import Site
     from telemetry.sources.twin import TwinSource
 
-    threads = [threading.Thread(target=_writer_loop, name="fusedc-writer", daemon=True)]
+    threads = [threading.Thread(target=_beat_loop, name="fusedc-beat", daemon=True)]
     if twin:
         begin = datetime.now(UTC) - timedelta(minutes=backfill_minutes)
         for site in Site.objects.all():

@@ -1,3 +1,12 @@
 """Websocket routes, gathered from the apps that own each stream."""
 
+from django.urls import path
+
+from telemetry.stream import IngestStreamConsumer
+
+# Sources authenticate with their own tokens, not cookies: no origin check (they are not browsers).
+token_websocket_urlpatterns = [
+    path("ws/telemetry/ingest", IngestStreamConsumer.as_asgi()),
+]
+# Browser streams: session-authenticated, so only from this site's origins.
 websocket_urlpatterns = []

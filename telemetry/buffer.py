@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from functools import cache
 
 import redis
@@ -16,6 +17,8 @@ from django.conf import settings
 
 STREAM = "fusedc:telemetry"
 GROUP = "writers"
+# The in-process buffer keeps this many recent entries for `tail` (live views), about minutes of a site.
+TAIL_KEEP = 2048
 
 
 class BufferUnavailable(Exception):
@@ -77,6 +80,18 @@ class RedisBuffer:
             # MINID keeps entries >= horizon; when nothing is pending, keep the last delivered one too.
             self.client.xtrim(STREAM, minid=f"{ms}-{seq}", approximate=False)
 
+    def tail(self, after_id: str, count: int) -> list[tuple[str, bytes]]:
+        """Up to `count` entries after `after_id`, read past the writers' group (live views; nothing is claimed).
+
+        Entry ids are `<ms>-<seq>`, so `f"{ms}-0"` starts at a point in time. Entries already trimmed are gone.
+        """
+        try:
+            reply = self.client.xread({STREAM: after_id}, count=count)
+        except redis.RedisError as exc:
+            raise BufferUnavailable(str(exc)) from exc
+        entries = reply[0][1] if reply else []
+        return [(eid.decode(), fields[b"b"]) for eid, fields in entries if b"b" in fields]
+
 
 class InProcessBuffer:
     """The embedded default's buffer: same contract, in memory (data in flight is lost with the process)."""
@@ -87,6 +102,8 @@ class InProcessBuffer:
         self._new: dict[str, bytes] = {}
         self._pending: dict[str, tuple[str, float, bytes]] = {}  # id -> (consumer, delivered_at, payload)
         self._last_ms, self._seq = 0, 0
+        # Recent entries for live views (`tail`), acknowledged or not; bounded like a trimmed stream.
+        self._recent: deque[tuple[tuple[int, int], str, bytes]] = deque(maxlen=TAIL_KEEP)
 
     def append(self, payload: bytes) -> str:
         with self._lock:
@@ -95,6 +112,7 @@ class InProcessBuffer:
             self._last_ms = max(ms, self._last_ms)
             entry_id = f"{self._last_ms}-{self._seq}"
             self._new[entry_id] = payload
+            self._recent.append(((self._last_ms, self._seq), entry_id, payload))
             return entry_id
 
     def claim(self, consumer: str, count: int) -> list[tuple[str, bytes]]:
@@ -121,6 +139,17 @@ class InProcessBuffer:
 
     def trim(self):
         """Acknowledged entries are already gone."""
+
+    def tail(self, after_id: str, count: int) -> list[tuple[str, bytes]]:
+        """Up to `count` of the last TAIL_KEEP entries after `after_id` (same contract as RedisBuffer.tail)."""
+        after = _id_key(after_id)
+        with self._lock:
+            return [(eid, payload) for key, eid, payload in self._recent if key > after][:count]
+
+
+def _id_key(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 @cache

@@ -9,21 +9,46 @@ from django.db import connection
 
 from facility.models import GPU
 from telemetry.catalogue import get
-from telemetry.models import Series
+from telemetry.models import Resolution, RollupState, Series
 from telemetry.schema import GPU_COLUMNS
 from telemetry.storage import GPU_TABLE, POINT_TABLE, to_datetime
 
+MINUTE, HOUR = Resolution.MINUTE.value, Resolution.HOUR.value
 
-def _bucket_sql(width: int) -> str:
+
+def _bucket_sql(width: int, column: str = "time") -> str:
     """Epoch seconds of the start of the `width`-second bucket each row's time falls in."""
     if connection.vendor == "postgresql":
-        return f"floor(extract(epoch from time) / {width}) * {width}"
-    return f"CAST((julianday(time) - 2440587.5) * 86400.0 / {width} AS INTEGER) * {width}"
+        return f"floor(extract(epoch from {column}) / {width}) * {width}"
+    return f"CAST(strftime('%%s', {column}) AS INTEGER) / {width} * {width}"
 
 
 def bucket_seconds(start: float, end: float, max_points: int) -> int:
     """The bucket width giving at most `max_points` per series: 1 s (raw at 1 Hz) or wider."""
     return max(1, math.ceil((end - start) / max_points))
+
+
+def resolution_for(width: int) -> int:
+    """The coarsest stored resolution no wider than the bucket: raw (0), 1 min or 1 h rollups."""
+    return HOUR if width >= HOUR else MINUTE if width >= MINUTE else 0
+
+
+def _segments(width: int, start: float, end: float) -> list[tuple[int, float, float]]:
+    """(resolution, start, end) pieces: rollups where they are complete, raw samples for the recent tail."""
+    resolution = resolution_for(width)
+    if resolution == 0:
+        return [(0, start, end)]
+    done = {r: t.timestamp() for r, t in RollupState.objects.values_list("resolution", "done_until")}
+    pieces, cursor = [], start
+    for r in (HOUR, MINUTE):
+        if r > resolution or r not in done or done[r] <= cursor:
+            continue
+        upto = min(done[r], end)
+        pieces.append((r, cursor, upto))
+        cursor = upto
+    if cursor < end:
+        pieces.append((0, cursor, end))
+    return pieces
 
 
 @dataclass
@@ -38,31 +63,53 @@ class SeriesData:
         return {"entity": self.entity, "metric": self.metric, "unit": self.unit, "t": self.t, "v": self.v}
 
 
+def _aggregated(key: str, ids: list[int], values: list[str], width: int, start: float, end: float):
+    """Rows of (id, bucket, (mean, count) per value) over raw and rollup pieces, merged per bucket."""
+    raw_table, rollup_table = (GPU_TABLE, "telemetry_gpurollup") if key == "gpu_id" else (
+        POINT_TABLE, "telemetry_pointrollup")
+    merged: dict[tuple[int, float], list[list[float]]] = {}
+    placeholders = ", ".join(["%s"] * len(ids))
+    for resolution, lo, hi in _segments(width, start, end):
+        if resolution == 0:
+            select = ", ".join(f"SUM({v}), COUNT({v})" for v in values)
+            sql = (f"SELECT {key}, {_bucket_sql(width)} AS b, {select} FROM {raw_table} "
+                   f"WHERE {key} IN ({placeholders}) AND time >= %s AND time < %s GROUP BY {key}, b")
+        else:
+            avg = (lambda v: f"avg_{v}") if key == "gpu_id" else (lambda v: "avg")
+            select = ", ".join(
+                f"SUM({avg(v)} * count), SUM(CASE WHEN {avg(v)} IS NULL THEN 0 ELSE count END)" for v in values
+            )
+            sql = (f"SELECT {key}, {_bucket_sql(width, 'bucket')} AS b, {select} FROM {rollup_table} "
+                   f"WHERE resolution = {resolution} AND {key} IN ({placeholders}) AND bucket >= %s AND bucket < %s "
+                   f"GROUP BY {key}, b")
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [*ids, *_range(lo, hi)])
+            for row_id, bucket, *sums in cursor.fetchall():
+                acc = merged.setdefault((row_id, float(bucket)), [[0.0, 0] for _ in values])
+                for i in range(len(values)):
+                    total, count = sums[2 * i], sums[2 * i + 1]
+                    if count:
+                        acc[i][0] += float(total)
+                        acc[i][1] += int(count)
+    for (row_id, bucket) in sorted(merged):
+        yield row_id, bucket, [(a[0] / a[1], a[1]) if a[1] else (None, 0) for a in merged[(row_id, bucket)]]
+
+
 def gpu_series(gpus: list[GPU], metrics: list[str], start: float, end: float, max_points: int) -> list[SeriesData]:
+    if not gpus or not metrics:
+        return []
     width = bucket_seconds(start, end, max_points)
-    columns = [GPU_COLUMNS[m] for m in metrics]
-    by_id = {g.pk: g for g in gpus}
     out: dict[tuple[int, str], SeriesData] = {}
     for gpu in gpus:
         for metric in metrics:
             entity = {"uuid": gpu.uuid, "hostname": gpu.node.hostname, "gpu": gpu.index}
             out[(gpu.pk, metric)] = SeriesData(entity, metric, str(get(metric).unit), [], [])
-    if not gpus:
-        return []
-    aggregates = ", ".join(f"AVG({c})" for c in columns)
-    sql = (
-        f"SELECT gpu_id, {_bucket_sql(width)} AS bucket, {aggregates} FROM {GPU_TABLE} "
-        f"WHERE gpu_id IN ({', '.join(['%s'] * len(by_id))}) AND time >= %s AND time < %s "
-        "GROUP BY gpu_id, bucket ORDER BY gpu_id, bucket"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*by_id, *_range(start, end)])
-        for gpu_id, bucket, *values in cursor.fetchall():
-            for metric, value in zip(metrics, values, strict=True):
-                if value is not None:
-                    series = out[(gpu_id, metric)]
-                    series.t.append(float(bucket))
-                    series.v.append(float(value))
+    columns = [GPU_COLUMNS[m] for m in metrics]
+    for gpu_id, bucket, values in _aggregated("gpu_id", [g.pk for g in gpus], columns, width, start, end):
+        for metric, (mean, _) in zip(metrics, values, strict=True):
+            if mean is not None:
+                out[(gpu_id, metric)].t.append(bucket)
+                out[(gpu_id, metric)].v.append(mean)
     return list(out.values())
 
 
@@ -77,16 +124,10 @@ def point_series(series: list[Series], start: float, end: float, max_points: int
         )
         for s in series
     }
-    sql = (
-        f"SELECT series_id, {_bucket_sql(width)} AS bucket, AVG(value) FROM {POINT_TABLE} "
-        f"WHERE series_id IN ({', '.join(['%s'] * len(out))}) AND time >= %s AND time < %s "
-        "GROUP BY series_id, bucket ORDER BY series_id, bucket"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [*out, *_range(start, end)])
-        for series_id, bucket, value in cursor.fetchall():
-            out[series_id].t.append(float(bucket))
-            out[series_id].v.append(float(value))
+    for series_id, bucket, ((mean, _),) in _aggregated("series_id", list(out), ["value"], width, start, end):
+        if mean is not None:
+            out[series_id].t.append(bucket)
+            out[series_id].v.append(mean)
     return list(out.values())
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from django.db import IntegrityError, transaction
 
-from telemetry import storage
+from telemetry import rollups, storage
 from telemetry.buffer import get_buffer
 from telemetry.ingest import decode
 from telemetry.models import AppliedEntry
@@ -41,6 +41,7 @@ def store(entries: list[tuple[str, bytes]], report: DrainReport) -> None:
         # Ledger first: a second writer holding the same reclaimed entries blocks here, then fails cleanly.
         AppliedEntry.objects.bulk_create([AppliedEntry(entry_id=eid) for eid in fresh])
         gpu_rows, point_rows = storage.write([payloads[eid] for eid in fresh])
+        rollups.mark_late_samples([payloads[eid] for eid in fresh])
     report.skipped_already_applied += len(done)
     report.gpu_rows += gpu_rows
     report.point_rows += point_rows

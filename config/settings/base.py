@@ -149,6 +149,8 @@ CELERY_TASK_ROUTES = {
 CELERY_BEAT_SCHEDULE = {
     # Writers: store buffered telemetry. Expires so a backlog of triggers never piles up behind a slow one.
     "telemetry-drain": {"task": "telemetry.tasks.drain_buffer", "schedule": 1.0, "options": {"expires": 2}},
+    "telemetry-rollups": {"task": "telemetry.tasks.roll_up", "schedule": 30.0, "options": {"expires": 30}},
+    "telemetry-retention": {"task": "telemetry.tasks.enforce_retention", "schedule": 3600.0},
 }
 # A worker counts as alive while its heartbeat (written from its event loop) is younger than this.
 WORKER_HEARTBEAT_INTERVAL = env.float("WORKER_HEARTBEAT_INTERVAL", default=5.0)
@@ -215,3 +217,27 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = TELEMETRY_MAX_BODY_BYTES
 TELEMETRY_RETENTION_RAW_DAYS = env.int("TELEMETRY_RETENTION_RAW_DAYS", default=7)
 TELEMETRY_RETENTION_1M_DAYS = env.int("TELEMETRY_RETENTION_1M_DAYS", default=90)
 TELEMETRY_RETENTION_1H_DAYS = env.int("TELEMETRY_RETENTION_1H_DAYS", default=730)
+
+# --- Control (control/envelope.py, control/changes.py) ---------------------------------------------
+# Refuse raising a supply temperature while a GPU it cools is within this margin of its slowdown temperature.
+CONTROL_SLOWDOWN_TEMPERATURE_C = env.float("CONTROL_SLOWDOWN_TEMPERATURE_C", default=89.0)  # H100
+CONTROL_THERMAL_MARGIN_K = env.float("CONTROL_THERMAL_MARGIN_K", default=4.0)
+# A GPU at or above this after an application is a breach: the change is rolled back (H100 max operating).
+CONTROL_THERMAL_LIMIT_C = env.float("CONTROL_THERMAL_LIMIT_C", default=87.0)
+# CRAH coil: supply air at least chilled-water supply + this.
+CONTROL_COIL_APPROACH_K = env.float("CONTROL_COIL_APPROACH_K", default=3.0)
+# Watchdog: telemetry older than this refuses changes and pauses controllers; raise for slow scrapers.
+CONTROL_TELEMETRY_MAX_AGE_SECONDS = env.int("CONTROL_TELEMETRY_MAX_AGE_SECONDS", default=120)
+# Share of the affected GPUs that must report within that age (a dead GPU alone does not block control).
+CONTROL_MIN_REPORTING_FRACTION = env.float("CONTROL_MIN_REPORTING_FRACTION", default=0.9)
+# Pending proposals expire after this; the watch window after an application lasts this long.
+CONTROL_PROPOSAL_TTL_SECONDS = env.int("CONTROL_PROPOSAL_TTL_SECONDS", default=3600)
+CONTROL_WATCH_SECONDS = env.int("CONTROL_WATCH_SECONDS", default=600)
+# An approved change held by dwell or rate waits up to this long on the control queue, then fails.
+CONTROL_APPLY_MAX_WAIT_SECONDS = env.int("CONTROL_APPLY_MAX_WAIT_SECONDS", default=900)
+# A change stuck in Applying this long (worker died mid-write) is reconciled from the plant's read-back.
+CONTROL_APPLYING_STALE_SECONDS = env.int("CONTROL_APPLYING_STALE_SECONDS", default=120)
+# Actuator: "auto" (Modbus where a point has a register map, else the twin), "twin" or "modbus".
+CONTROL_ACTUATOR = env.str("CONTROL_ACTUATOR", default="auto")
+# Production twin actuator: commands go over Redis to `manage.py twin run`; wait this long for its answer.
+CONTROL_TWIN_COMMAND_TIMEOUT_SECONDS = env.float("CONTROL_TWIN_COMMAND_TIMEOUT_SECONDS", default=5.0)

@@ -5,7 +5,7 @@ import socket
 from django.core.management.base import BaseCommand, CommandError
 
 from facility.models import Site
-from telemetry import writer
+from telemetry import maintenance, rollups, writer
 from telemetry.buffer import get_buffer
 from telemetry.models import Source, SourceKind
 
@@ -25,6 +25,8 @@ class Command(BaseCommand):
         drain.add_argument("--seconds", type=float, default=5.0, help="Time budget.")
         drain.add_argument("--consumer", default=f"cli-{socket.gethostname()}")
         actions.add_parser("status", help="Buffer depth: pending and undelivered entries.")
+        actions.add_parser("rollup", help="Bring the 1 min and 1 h rollups up to date (beat does this every 30 s).")
+        actions.add_parser("retention", help="Drop data past its retention (beat does this hourly).")
 
     def handle(self, *args, action, **options):
         getattr(self, action.replace("-", "_"))(**options)
@@ -54,3 +56,10 @@ class Command(BaseCommand):
 
     def status(self, **_):
         self.stdout.write(", ".join(f"{k} {v}" for k, v in get_buffer().depth().items()))
+
+    def rollup(self, **_):
+        done = rollups.roll_up()
+        self.stdout.write(", ".join(f"{r} s: {n} bucket(s)" for r, n in done.items()) or "no telemetry yet")
+
+    def retention(self, **_):
+        self.stdout.write(", ".join(f"{k} {v}" for k, v in maintenance.enforce_retention().items()))
