@@ -3,7 +3,7 @@
 from django.contrib import admin, messages
 from django.utils import timezone
 
-from telemetry.models import Series, Source, UnknownEntity
+from telemetry.models import ScrapeTarget, Series, Source, UnknownEntity
 
 
 @admin.register(Source)
@@ -56,3 +56,12 @@ class SeriesAdmin(admin.ModelAdmin):
     list_filter = ("site", "metric")
     search_fields = ("metric", "cooling_unit__name", "point")
     list_select_related = ("site", "cooling_unit")
+
+
+@admin.register(ScrapeTarget)
+class ScrapeTargetAdmin(admin.ModelAdmin):
+    list_display = ("url", "kind", "source", "interval_seconds", "enabled", "last_scraped_at", "last_status",
+                    "consecutive_failures")
+    list_filter = ("kind", "enabled", "source")
+    search_fields = ("url", "cooling_unit")
+    readonly_fields = ("last_scraped_at", "last_status", "consecutive_failures")

@@ -17,8 +17,8 @@ from facility.models import GPU, CoolingUnit, Site
 from telemetry.schema import GPU_COLUMNS, INTEGER_COLUMNS
 
 __all__ = (
-    "AppliedEntry", "DirtyBucket", "GpuRollup", "GpuSample", "PointRollup", "PointSample", "RollupState", "Series",
-    "Source", "UnknownEntity",
+    "AppliedEntry", "DirtyBucket", "GpuRollup", "GpuSample", "PointRollup", "PointSample", "RollupState",
+    "ScrapeTarget", "Series", "Source", "UnknownEntity",
 )
 
 TOKEN_PREFIX = "fdc_"  # noqa: S105 — a public marker, not a secret
@@ -82,6 +82,38 @@ class Source(models.Model):
     def revoke(self):
         self.revoked_at = timezone.now()
         self.save(update_fields=["revoked_at"])
+
+
+class ScrapeTarget(models.Model):
+    """An endpoint FuseDC polls for a source: a dcgm-exporter `/metrics` URL or a Redfish cooling-unit resource.
+
+    Credentials never live in the database: `auth_env` names an environment variable holding `user:password`
+    (HTTP basic auth, as BMCs and Redfish services expect).
+    """
+
+    class Kind(models.TextChoices):
+        PROMETHEUS = "prometheus", "Prometheus / dcgm-exporter text"
+        REDFISH = "redfish", "Redfish JSON"
+
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="scrape_targets")
+    kind = models.CharField(max_length=12, choices=Kind.choices)
+    url = models.URLField(max_length=500)
+    cooling_unit = models.CharField(max_length=64, blank=True,
+                                    help_text="Redfish: the inventory name of the unit the resource describes.")
+    auth_env = models.CharField(max_length=64, blank=True, help_text="Environment variable with user:password.")
+    interval_seconds = models.PositiveIntegerField(default=15)
+    timeout_seconds = models.FloatField(default=5.0)
+    enabled = models.BooleanField(default=True)
+    last_scraped_at = models.DateTimeField(null=True, blank=True)
+    last_status = models.CharField(max_length=200, blank=True)
+    consecutive_failures = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["source", "url"]
+        constraints = [models.UniqueConstraint(fields=["source", "url"], name="scrape_target_unique_url")]
+
+    def __str__(self):
+        return self.url
 
 
 class UnknownEntity(models.Model):

@@ -2,7 +2,7 @@
 
 from celery import current_task, shared_task
 
-from telemetry import maintenance, rollups, writer
+from telemetry import maintenance, rollups, scrape, writer
 
 
 @shared_task(soft_time_limit=30, time_limit=60)
@@ -23,3 +23,9 @@ def roll_up() -> dict:
 def enforce_retention() -> dict:
     """Drop data past its retention and trim the buffer (beat: hourly)."""
     return maintenance.enforce_retention()
+
+
+@shared_task(soft_time_limit=60, time_limit=90)
+def scrape_targets() -> dict:
+    """Poll the dcgm-exporter and Redfish targets that are due (beat: every 5 s)."""
+    return scrape.scrape_due()

@@ -1,6 +1,7 @@
 """The twin as plant and source: calibration from the command line, telemetry through the real pipeline."""
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -77,3 +78,20 @@ def test_facility_kpis_from_twin_telemetry(redis_client, role_client):
     assert kpis["tflops"] == pytest.approx(truth["tflops"], rel=1e-3)
     assert kpis["gpus_reporting"] == GPU.objects.count()
     get_buffer.cache_clear()
+
+
+def test_evaluate_prints_the_table_and_writes_an_offline_report(tmp_path, capsys):
+    report = tmp_path / "eval.html"
+    call_command("twin", "evaluate", "--policy", "fixed", "--policy", "trim_respond", "--days", "0.02",
+                 "--climate", "mixed", "--report", str(report))
+    out = capsys.readouterr().out
+    assert "kWh/EFLOP" in out and "trim_respond" in out and f"Report: {report}" in out
+    # plotly.js is inlined: no script is loaded from anywhere (the bundle's own default URLs are unused).
+    assert re.findall(r"<script[^>]*\bsrc=", report.read_text()) == []
+
+
+def test_evaluate_refuses_unknown_policies():
+    from django.core.management import CommandError
+
+    with pytest.raises(CommandError, match="unknown policy nope; registered: fixed"):
+        call_command("twin", "evaluate", "--policy", "nope", "--days", "0.01")

@@ -151,6 +151,7 @@ CELERY_BEAT_SCHEDULE = {
     "telemetry-drain": {"task": "telemetry.tasks.drain_buffer", "schedule": 1.0, "options": {"expires": 2}},
     "telemetry-rollups": {"task": "telemetry.tasks.roll_up", "schedule": 30.0, "options": {"expires": 30}},
     "telemetry-retention": {"task": "telemetry.tasks.enforce_retention", "schedule": 3600.0},
+    "telemetry-scrape": {"task": "telemetry.tasks.scrape_targets", "schedule": 5.0, "options": {"expires": 5}},
 }
 # A worker counts as alive while its heartbeat (written from its event loop) is younger than this.
 WORKER_HEARTBEAT_INTERVAL = env.float("WORKER_HEARTBEAT_INTERVAL", default=5.0)

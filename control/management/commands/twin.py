@@ -1,4 +1,4 @@
-"""`manage.py twin calibrate|run`: the digital twin from the command line.
+"""`manage.py twin calibrate|run|evaluate`: the digital twin from the command line.
 
 It lives in the control app (the top of the dependency chain) because `run` feeds the telemetry pipeline
 and `evaluate` drives control policies; the twin itself (facility/twin) imports neither.
@@ -7,7 +7,9 @@ and `evaluate` drives control policies; the twin itself (facility/twin) imports 
 import json
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import yaml
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
@@ -33,6 +35,18 @@ class Command(BaseCommand):
         run.add_argument("--interval", type=float, default=1.0, help="Simulated seconds between scrapes.")
         run.add_argument("--duration", type=float, help="Stop after this many simulated seconds.")
         run.add_argument("--seed", type=int, default=0)
+        ev = actions.add_parser("evaluate", help="Closed-loop evaluation of policies (TWIN.md protocol).")
+        ev.add_argument("--policy", action="append", required=True,
+                        help="Registered policy name; repeat to compare several.")
+        ev.add_argument("--days", type=float, default=7.0)
+        ev.add_argument("--climate", action="append", choices=["hot", "mixed", "cool"],
+                        help="Repeat for several (default: all three).")
+        ev.add_argument("--workload", default="training", choices=["training", "inference", "burn", "idle"])
+        ev.add_argument("--seed", type=int, action="append", help="Repeat for several (default: 0).")
+        ev.add_argument("--profile", default="seed", choices=sorted(PROFILE_KEYS))
+        ev.add_argument("--site", help="Site slug to evaluate on (default: the demo facility file).")
+        ev.add_argument("--start", default="2025-07-01", help="First simulated day (ISO date).")
+        ev.add_argument("--report", help="Plotly HTML report path (default: var/reports/evaluation-<time>.html).")
 
     def handle(self, *args, action, **options):
         getattr(self, action)(**options)
@@ -43,6 +57,40 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps(result))
         else:
             self.stdout.write(format_comparison(result))
+
+    def evaluate(self, policy, days, climate, workload, seed, profile, site, start, report, **_):
+        from control import policies
+        from facility.facility_file import export_facility
+        from facility.management.commands.seed_demo import DEMO_FILE
+        from facility.twin.evaluation import comparison_table, evaluate, write_report
+
+        unknown = [name for name in policy if name not in policies.names()]
+        if unknown:
+            raise CommandError(f"unknown policy {', '.join(unknown)}; registered: {', '.join(policies.names())}")
+        if days <= 0:
+            raise CommandError("--days must be positive")
+        try:
+            first_day = datetime.fromisoformat(start)
+        except ValueError:
+            raise CommandError(f"--start {start!r} is not an ISO date") from None
+        if site:
+            found = Site.objects.filter(slug=site).first()
+            if found is None:
+                raise CommandError(f"no site {site!r}")
+            facility = export_facility(found)
+        else:
+            facility = yaml.safe_load(DEMO_FILE.read_text())
+        results = [
+            evaluate(policies.create(name), facility, days=days, climate=c, workload=workload, seed=s,
+                     profile=profile, start=first_day)
+            for name in policy for c in (climate or ["hot", "mixed", "cool"]) for s in (seed or [0])
+        ]
+        self.stdout.write(comparison_table(results))
+        path = Path(report) if report else Path(settings.VAR_DIR) / "reports" / (
+            f"evaluation-{datetime.now(UTC):%Y%m%dT%H%M%S}.html")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_report(results, path)
+        self.stdout.write(f"Report: {path}")
 
     def run(self, site, profile, workload, speed, backfill_minutes, interval, duration, seed, **_):
         from telemetry.sources.twin import TwinSource
