@@ -65,9 +65,14 @@ class RedisBuffer:
 
     def depth(self) -> dict:
         self._ensure_group()
-        pending = self.client.xpending(STREAM, GROUP)["pending"]
+        summary = self.client.xpending(STREAM, GROUP)
         groups = {g["name"].decode(): g for g in self.client.xinfo_groups(STREAM)}
-        return {"pending": pending, "lag": groups[GROUP].get("lag") or 0, "length": self.client.xlen(STREAM)}
+        oldest = None
+        if summary["pending"]:
+            oldest_ms = int(summary["min"].decode().split("-")[0])
+            oldest = max(0.0, time.time() - oldest_ms / 1000)
+        return {"pending": summary["pending"], "lag": groups[GROUP].get("lag") or 0,
+                "length": self.client.xlen(STREAM), "oldest_pending_age_seconds": oldest}
 
     def trim(self):
         """Drop entries every writer has acknowledged (never one still pending or undelivered)."""

@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 
 import environ
+import plotly
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 # Runtime state of the embedded default (SQLite file, generated secret key); never committed.
@@ -50,6 +51,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so it times everything below it.
+    "config.metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # https://whitenoise.readthedocs.io/en/stable/django.html — static files straight from the ASGI server.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -158,6 +161,8 @@ WORKER_HEARTBEAT_INTERVAL = env.float("WORKER_HEARTBEAT_INTERVAL", default=5.0)
 WORKER_HEARTBEAT_TTL = env.int("WORKER_HEARTBEAT_TTL", default=30)
 # Queues /healthz requires a live worker for (production). Empty: workers are reported, not required.
 HEALTHZ_REQUIRED_QUEUES = env.list("HEALTHZ_REQUIRED_QUEUES", default=[])
+# Bearer token Prometheus uses to scrape /metrics (staff users may also open it). Unset: staff only.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
 
 # --- Auth -----------------------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -195,7 +200,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATICFILES_DIRS = [BASE_DIR / "static"]
+# plotly.js from the installed plotly package (its package_data ships plotly.min.js): no CDN.
+STATICFILES_DIRS = [BASE_DIR / "static", ("vendor/plotly", Path(plotly.__file__).parent / "package_data")]
 
 LOGGING = {
     "version": 1,

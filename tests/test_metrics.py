@@ -1,0 +1,35 @@
+"""/metrics: Prometheus exposition of FuseDC's own health, for scrapers with a token and staff users."""
+
+import pytest
+from django.test import override_settings
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _families(body: str) -> dict:
+    return {f.name: f for f in text_string_to_metric_families(body)}
+
+
+def test_metrics_need_a_token_or_staff(client, make_user):
+    assert client.get("/metrics").status_code == 401
+    client.force_login(make_user("viewer-not-staff", "viewer", staff=False))
+    assert client.get("/metrics").status_code == 401
+    with override_settings(METRICS_TOKEN="s3cret-token-for-tests"):
+        assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+        assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret-token-for-tests").status_code == 200
+
+
+def test_metrics_report_requests_queues_workers_and_buffer(client, make_user, celery_worker):
+    client.force_login(make_user("ops", "admin"))
+    client.get("/healthz")
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response["Content-Type"].startswith("text/plain")
+    families = _families(response.content.decode())
+    requests = [s for s in families["fusedc_http_requests"].samples if s.labels.get("route") == "healthz"]
+    assert requests and requests[0].value >= 1
+    assert {s.labels["queue"] for s in families["fusedc_celery_queue_length"].samples} >= {"ingest", "control"}
+    workers = {s.labels["worker"] for s in families["fusedc_worker_heartbeat_age_seconds"].samples}
+    assert celery_worker["hostname"] in workers
+    up = {s.labels["part"]: s.value for s in families["fusedc_component_up"].samples}
+    assert up == {"buffer": 1, "redis": 1, "database": 1}
