@@ -2,7 +2,7 @@
 
 from django.contrib import admin
 
-from facility.models import GPU, CoolingLoop, CoolingUnit, Hall, Node, Rack, Setpoint, Site
+from facility.models import GPU, ApiToken, CoolingLoop, CoolingUnit, Hall, Node, Rack, Setpoint, Site
 
 
 class HallInline(admin.TabularInline):
@@ -115,3 +115,24 @@ class GPUAdmin(admin.ModelAdmin):
     list_filter = ("node__rack__hall", "node__rack__hall__cooling_type", "model", "index")
     search_fields = ("uuid", "node__hostname", "pci_bus_id")
     list_select_related = ("node",)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Admins see and revoke everyone's tokens; tokens are created by their users (shown to them once)."""
+
+    list_display = ("name", "user", "token_prefix", "created_at", "expires_at", "last_used_at", "revoked_at")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter), "roles")
+    search_fields = ("name", "user__username", "token_prefix")
+    readonly_fields = ("user", "name", "roles", "token_prefix", "created_at", "expires_at", "last_used_at")
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request, queryset):
+        from django.utils import timezone
+
+        count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        self.message_user(request, f"Revoked {count} token(s).")

@@ -19,4 +19,6 @@ class FacilityConfig(AppConfig):
     verbose_name = "Facility inventory"
 
     def ready(self):
+        from facility.api import auth  # noqa: F401 — registers the OpenAPI description of API tokens
+
         post_migrate.connect(_sync_roles_after_migrate, sender=self, dispatch_uid="facility.sync_roles")

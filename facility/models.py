@@ -5,13 +5,18 @@ setpoints and their safety envelope) on the cooling side. GPUs carry the labels 
 (UUID, index, PCI bus id, model name); nodes their `Hostname`; cooling units Brick/Redfish kinds.
 """
 
+import hashlib
+import secrets
+
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from facility.choices import Climate, CoolingLoopKind, CoolingType, CoolingUnitKind, SetpointUnit
 
-__all__ = ("GPU", "CoolingLoop", "CoolingUnit", "Hall", "Node", "Rack", "Setpoint", "Site")
+__all__ = ("GPU", "ApiToken", "CoolingLoop", "CoolingUnit", "Hall", "Node", "Rack", "Setpoint", "Site")
 
 
 class Site(models.Model):
@@ -195,3 +200,62 @@ class Setpoint(models.Model):
                 raise ValidationError({"allowable_max": "Must not be below allowable_min."})
             if self.value is not None and not self.allowable_min <= self.value <= self.allowable_max:
                 raise ValidationError({"value": "Must lie within the allowable range."})
+
+
+class ApiToken(models.Model):
+    """A personal API token an integration uses to act as its user, limited to the roles chosen for it.
+
+    The token (`fdu_<prefix>_<secret>`) is shown once; only its prefix and SHA-256 are stored (it is 256 bits
+    of randomness, so no password stretching is needed). It stops working when revoked or expired.
+    """
+
+    PREFIX = "fdu_"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, help_text="What uses it, e.g. 'Grafana' or 'ticketing bridge'.")
+    roles = models.ManyToManyField("auth.Group", help_text="The token may do only what these roles allow.")
+    token_prefix = models.CharField(max_length=12, unique=True, editable=False)
+    token_hash = models.CharField(max_length=64, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self):
+        return f"{self.name} ({self.user})"
+
+    def issue(self) -> str:
+        self.token_prefix = secrets.token_hex(6)
+        token = f"{self.PREFIX}{self.token_prefix}_{secrets.token_urlsafe(32)}"
+        self.token_hash = hashlib.sha256(token.encode()).hexdigest()
+        return token
+
+    @classmethod
+    def authenticate(cls, token: str) -> "ApiToken | None":
+        if not token.startswith(cls.PREFIX) or token.count("_") < 2:
+            return None
+        prefix = token[len(cls.PREFIX):].split("_", 1)[0]
+        found = cls.objects.filter(token_prefix=prefix, revoked_at__isnull=True, expires_at__gt=timezone.now(),
+                                   user__is_active=True).select_related("user").first()
+        if found is None or not secrets.compare_digest(found.token_hash, hashlib.sha256(token.encode()).hexdigest()):
+            return None
+        return found
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None and self.expires_at > timezone.now()
+
+    def scope(self) -> set[str]:
+        """`app_label.codename` of every permission the token's roles grant."""
+        from django.contrib.auth.models import Permission
+
+        return {
+            f"{app}.{codename}"
+            for app, codename in Permission.objects.filter(group__in=self.roles.all()).values_list(
+                "content_type__app_label", "codename"
+            )
+        }

@@ -6,4 +6,5 @@ app_name = "facility"
 
 urlpatterns = [
     path("", views.OverviewView.as_view(), name="overview"),
+    path("account/api-tokens/", views.ApiTokensView.as_view(), name="api-tokens"),
 ]

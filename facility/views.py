@@ -1,10 +1,16 @@
-"""Inventory pages."""
+"""Inventory pages, and the user's own API tokens."""
 
+from datetime import timedelta
+
+from django.contrib import messages
+from django.contrib.auth.mixins import LoginRequiredMixin
 from django.db.models import Count, Prefetch
+from django.shortcuts import redirect
+from django.utils import timezone
 from django.views.generic import TemplateView
 
 from facility.mixins import RoleRequiredMixin
-from facility.models import CoolingUnit, Hall, Rack, Setpoint, Site
+from facility.models import ApiToken, CoolingUnit, Hall, Rack, Setpoint, Site
 
 
 class OverviewView(RoleRequiredMixin, TemplateView):
@@ -29,3 +35,46 @@ class OverviewView(RoleRequiredMixin, TemplateView):
             Prefetch("cooling_units", queryset=units.filter(hall__isnull=True), to_attr="central_plant"),
         )
         return super().get_context_data(sites=sites, **kwargs)
+
+
+class ApiTokensView(LoginRequiredMixin, TemplateView):
+    """A user's API tokens: create one limited to some of their roles (shown once), see use, revoke."""
+
+    template_name = "facility/api_tokens.html"
+    EXPIRY_DAYS = (30, 90, 365)
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(
+            tokens=self.request.user.api_tokens.prefetch_related("roles"),
+            roles=self.request.user.groups.order_by("name"),
+            expiry_days=self.EXPIRY_DAYS,
+            **kwargs,
+        )
+
+    def post(self, request):
+        if "revoke" in request.POST:
+            updated = request.user.api_tokens.filter(pk=request.POST.get("revoke"), revoked_at__isnull=True).update(
+                revoked_at=timezone.now()
+            )
+            messages.success(request, "Token revoked." if updated else "No such active token.")
+            return redirect("facility:api-tokens")
+        name = request.POST.get("name", "").strip()
+        roles = request.user.groups.filter(pk__in=request.POST.getlist("roles"))
+        try:
+            days = int(request.POST.get("expires_in_days", ""))
+        except ValueError:
+            days = 0
+        errors = []
+        if not name or len(name) > 100:
+            errors.append("Give the token a name of at most 100 characters.")
+        if not roles:
+            errors.append("Choose at least one of your roles for the token.")
+        if days not in self.EXPIRY_DAYS:
+            errors.append(f"Expiry must be one of {', '.join(map(str, self.EXPIRY_DAYS))} days.")
+        if errors:
+            return self.render_to_response(self.get_context_data(errors=errors, form=request.POST), status=400)
+        token = ApiToken(user=request.user, name=name, expires_at=timezone.now() + timedelta(days=days))
+        secret = token.issue()
+        token.save()
+        token.roles.set(roles)
+        return self.render_to_response(self.get_context_data(new_token=secret, new_token_name=name))

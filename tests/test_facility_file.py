@@ -165,6 +165,7 @@ def test_setpoint_value_is_not_overwritten_by_reimport():
 
 def test_seed_demo_creates_role_users_with_fresh_passwords(capsys):
     from django.contrib.auth import authenticate
+    from django.test import RequestFactory
 
     call_command("seed_demo")
     first = capsys.readouterr().out
@@ -174,6 +175,6 @@ def test_seed_demo_creates_role_users_with_fresh_passwords(capsys):
         pw1 = next(line.split()[1] for line in first.splitlines() if line.strip().startswith(role + " "))
         pw2 = next(line.split()[1] for line in second.splitlines() if line.strip().startswith(role + " "))
         assert pw1 != pw2
-        user = authenticate(username=role, password=pw2)
+        user = authenticate(RequestFactory().post("/login/"), username=role, password=pw2)
         assert user is not None and list(user.groups.values_list("name", flat=True)) == [role]
     assert "already loaded" in second

@@ -87,7 +87,7 @@ def test_admin_respects_roles(role_client, demo_facility, role, view, add):
 
 @pytest.mark.parametrize(
     ("role", "read", "write"),
-    [(None, 403, 403), ("viewer", 200, 403), ("operator", 200, 403), ("approver", 200, 403), ("admin", 200, 200)],
+    [(None, 401, 401), ("viewer", 200, 403), ("operator", 200, 403), ("approver", 200, 403), ("admin", 200, 200)],
 )
 def test_api_respects_roles(role_client, demo_facility, role, read, write):
     client = role_client(role)

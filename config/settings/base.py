@@ -5,6 +5,7 @@ SQLite, no Redis (in-process channel layer, Celery tasks run in-process), the tw
 """
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -43,6 +44,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     # Ours, lowest first: control -> inference -> telemetry -> facility.
     "facility",
     "telemetry",
@@ -62,6 +64,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: turns a locked-out login into its lockout response.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -152,6 +156,8 @@ CELERY_TASK_ROUTES = {
 CELERY_BEAT_SCHEDULE = {
     # Writers: store buffered telemetry. Expires so a backlog of triggers never piles up behind a slow one.
     "telemetry-drain": {"task": "telemetry.tasks.drain_buffer", "schedule": 1.0, "options": {"expires": 2}},
+    # Forecaster: one batched decode step for every GPU stream that advanced (inference worker, one process).
+    "inference-step": {"task": "inference.tasks.forecast_step", "schedule": 5.0, "options": {"expires": 10}},
     "telemetry-rollups": {"task": "telemetry.tasks.roll_up", "schedule": 30.0, "options": {"expires": 30}},
     "telemetry-retention": {"task": "telemetry.tasks.enforce_retention", "schedule": 3600.0},
     "telemetry-scrape": {"task": "telemetry.tasks.scrape_targets", "schedule": 5.0, "options": {"expires": 5}},
@@ -171,13 +177,24 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# https://django-axes.readthedocs.io/en/latest/4_configuration.html — lock a username from an address after
+# repeated failures; every attempt is recorded (admin: Axes > Access attempts / logs).
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = timedelta(minutes=env.int("LOGIN_LOCKOUT_MINUTES", default=15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "facility:overview"
 LOGOUT_REDIRECT_URL = "login"
 
 # --- REST API -------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    # Token first: its `Bearer` challenge makes requests without credentials 401 rather than 403.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "facility.api.auth.ApiTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     # Reads need the view permission too: the same role rules as pages and admin.
     "DEFAULT_PERMISSION_CLASSES": ["facility.api.permissions.ModelPermissions"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -248,3 +265,7 @@ CONTROL_APPLYING_STALE_SECONDS = env.int("CONTROL_APPLYING_STALE_SECONDS", defau
 CONTROL_ACTUATOR = env.str("CONTROL_ACTUATOR", default="auto")
 # Production twin actuator: commands go over Redis to `manage.py twin run`; wait this long for its answer.
 CONTROL_TWIN_COMMAND_TIMEOUT_SECONDS = env.float("CONTROL_TWIN_COMMAND_TIMEOUT_SECONDS", default=5.0)
+
+# --- Inference ----------------------------------------------------------------------------------------
+# Trained forecaster checkpoints (safetensors + JSON); ModelVersion rows point here.
+MODEL_DIR = Path(env.str("MODEL_DIR", default=str(VAR_DIR / "models")))

@@ -1,0 +1,90 @@
+"""Access for integrations and people: scoped, expiring, revocable API tokens; login lockout."""
+
+from datetime import timedelta
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from facility import facility_file
+from facility.management.commands.seed_demo import DEMO_FILE
+from facility.models import ApiToken, Setpoint
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def demo(db):
+    facility_file.import_facility(facility_file.parse(DEMO_FILE.read_text()))
+
+
+def _create_token(client, user, *roles, days=30):
+    from django.contrib.auth.models import Group
+
+    client.force_login(user)
+    pks = [Group.objects.get(name=r).pk for r in roles]
+    response = client.post(reverse("facility:api-tokens"), {"name": "grafana", "roles": pks,
+                                                             "expires_in_days": days})
+    client.logout()
+    return response
+
+
+def _api(client, token, method="get", path="/api/v1/gpus/", **kwargs):
+    return getattr(client, method)(path, HTTP_AUTHORIZATION=f"Bearer {token}", **kwargs)
+
+
+def test_token_is_shown_once_stored_hashed_and_scoped_to_roles(client, make_user, demo):
+    admin = make_user("alice", "admin", "viewer")
+    response = _create_token(client, admin, "viewer")
+    assert response.status_code == 200
+    token = response.context["new_token"]
+    assert token.startswith("fdu_") and token.encode() in response.content
+    stored = ApiToken.objects.get(user=admin)
+    assert token not in (stored.token_hash, stored.token_prefix)
+    assert _api(client, token).status_code == 200
+    point = Setpoint.objects.get(cooling_unit__name="crah-a1")
+    patch = {"path": f"/api/v1/setpoints/{point.pk}/", "data": {"max_step": 0.5}, "content_type": "application/json"}
+    assert _api(client, token, "patch", **patch).status_code == 403  # admin user, but a viewer-scoped token
+    admin_token = _create_token(client, admin, "admin").context["new_token"]
+    assert _api(client, admin_token, "patch", **patch).status_code == 200
+    client.force_login(admin)
+    assert token.encode() not in client.get(reverse("facility:api-tokens")).content  # never shown again
+
+
+def test_token_cannot_carry_roles_its_user_lacks(client, make_user):
+    viewer = make_user("bob", "viewer")
+    response = _create_token(client, viewer, "admin")
+    assert response.status_code == 400 and "Choose at least one of your roles" in response.content.decode()
+    assert not ApiToken.objects.exists()
+
+
+def test_expired_and_revoked_tokens_are_refused(client, make_user, demo):
+    user = make_user("carol", "viewer")
+    token = _create_token(client, user, "viewer").context["new_token"]
+    assert _api(client, token).status_code == 200
+    ApiToken.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert _api(client, token).status_code == 401
+    ApiToken.objects.update(expires_at=timezone.now() + timedelta(days=1))
+    client.force_login(user)
+    client.post(reverse("facility:api-tokens"), {"revoke": ApiToken.objects.get().pk})
+    client.logout()
+    response = _api(client, token)
+    assert response.status_code == 401 and response["WWW-Authenticate"] == "Bearer"
+
+
+def test_api_without_credentials_is_401(client, demo):
+    response = client.get("/api/v1/gpus/")
+    assert response.status_code == 401 and response["WWW-Authenticate"] == "Bearer"
+
+
+def test_repeated_login_failures_lock_the_account(client, make_user):
+    from axes.models import AccessAttempt
+
+    user = make_user("dave", "viewer")
+    codes = [client.post(reverse("login"), {"username": "dave", "password": "wrong"}).status_code for _ in range(5)]
+    assert codes == [200, 200, 200, 200, 429]  # the fifth failure locks
+    locked = client.post(reverse("login"), {"username": "dave", "password": user.raw_password})
+    assert locked.status_code == 429
+    assert AccessAttempt.objects.get(username="dave").failures_since_start >= 5
+    other = make_user("erin", "viewer")  # other accounts are not affected
+    assert client.post(reverse("login"), {"username": "erin", "password": other.raw_password}).status_code == 302
