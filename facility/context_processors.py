@@ -5,6 +5,7 @@ from django.urls import reverse
 # (label, url name, permission needed to see it)
 NAVIGATION = [
     ("Overview", "facility:overview", "facility.view_site"),
+    ("Approvals", "control:approvals", "control.view_setpointchange"),
 ]
 
 

@@ -286,7 +286,7 @@ def test_query_errors_name_the_parameter(role_client, demo):
 
 
 def test_queries_need_the_read_permission(client, make_user, demo):
-    assert client.get("/api/v1/telemetry/latest").status_code == 403
+    assert client.get("/api/v1/telemetry/latest").status_code == 401
     client.force_login(make_user("norole"))
     assert client.get("/api/v1/telemetry/latest").status_code == 403
 

@@ -66,6 +66,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: turns a locked-out login into its lockout response.
     "axes.middleware.AxesMiddleware",
+    # Names the signed-in user on audit entries written from model signals (envelope edits).
+    "control.middleware.AuditActorMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"

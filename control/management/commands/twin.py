@@ -93,6 +93,7 @@ class Command(BaseCommand):
         self.stdout.write(f"Report: {path}")
 
     def run(self, site, profile, workload, speed, backfill_minutes, interval, duration, seed, **_):
+        from control.actuators.twin import serve_commands
         from telemetry.sources.twin import TwinSource
         from telemetry.sources.twin import run as run_twin
         from telemetry.writer import drain
@@ -112,6 +113,9 @@ class Command(BaseCommand):
             if settings.EMBEDDED:
                 # No Redis: the buffer lives in this process, so this process also stores what it emits.
                 drain("twin-run", time_budget_s=1.0)
+            else:
+                # Setpoint writes from the control workers arrive over Redis (control.actuators.twin).
+                serve_commands(src)
             facility = src.twin.facility()
             self.stdout.write(
                 f"\r{src.twin.time:%H:%M:%S}  IT {facility['it_power_kw']:7.1f} kW  PUE {facility['pue']:.3f}  "

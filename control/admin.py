@@ -1,0 +1,130 @@
+"""Django admin for control: changes are read-only with approve/deny/cancel actions (through the same
+services as pages and API), the audit log is read-only for everyone, autonomy edits are audited."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.template.response import TemplateResponse
+
+from control import changes
+from control.models import AuditEntry, AutonomySetting, ControllerPause, ModbusPoint, SetpointChange
+
+
+class DecisionForm(forms.Form):
+    comment = forms.CharField(required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 3}))
+
+
+def _decision_action(service, verb: str, permission: str):
+    def action(modeladmin, request, queryset):
+        if "confirm" in request.POST:
+            form = DecisionForm(request.POST)
+            if form.is_valid():
+                done = 0
+                for change in queryset:
+                    try:
+                        service(change.pk, request.user, form.cleaned_data["comment"])
+                        done += 1
+                    except changes.ControlError as exc:
+                        modeladmin.message_user(request, f"#{change.pk}: {exc.message}", messages.ERROR)
+                if done:
+                    modeladmin.message_user(request, f"{verb.capitalize()}: {done} change(s).", messages.SUCCESS)
+                return None
+        else:
+            form = DecisionForm()
+        return TemplateResponse(request, "control/admin_decision.html", {
+            **modeladmin.admin_site.each_context(request), "title": f"{verb.capitalize()} setpoint changes",
+            "verb": verb, "changes": queryset, "form": form, "action": action.__name__,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME, "opts": modeladmin.model._meta,
+        })
+
+    action.__name__ = f"{verb}_selected"
+    return admin.action(description=f"{verb.capitalize()} selected changes", permissions=[permission])(action)
+
+
+@admin.register(SetpointChange)
+class SetpointChangeAdmin(admin.ModelAdmin):
+    """Read-only: proposals come from the page, API or policies; decisions through the actions below."""
+
+    list_display = ("id", "setpoint", "from_value", "to_value", "state", "origin", "proposed_by", "policy",
+                    "decided_by", "created_at", "expires_at")
+    list_filter = ("state", "origin", "autonomous", "setpoint__cooling_unit__site")
+    search_fields = ("setpoint__name", "setpoint__cooling_unit__name", "rationale", "policy")
+    list_select_related = ("setpoint__cooling_unit", "proposed_by", "decided_by")
+    date_hierarchy = "created_at"
+    actions = [
+        _decision_action(changes.approve, "approve", "approve"),
+        _decision_action(changes.deny, "deny", "approve"),
+        _decision_action(changes.cancel, "cancel", "approve"),
+    ]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields]
+
+    def has_approve_permission(self, request):
+        return request.user.has_perm("control.approve_setpointchange")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    list_display = ("at", "actor_label", "action", "subject", "message")
+    list_filter = ("action", "site")
+    search_fields = ("subject", "actor_label", "message")
+    date_hierarchy = "at"
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AutonomySetting)
+class AutonomySettingAdmin(admin.ModelAdmin):
+    list_display = ("setpoint", "autonomous", "daily_change_budget", "updated_by", "updated_at")
+    list_filter = ("autonomous",)
+    readonly_fields = ("updated_by", "updated_at")
+
+    def save_model(self, request, obj, form, change):
+        # Through the service, so the change is permission-checked and audited like every other path.
+        changes.set_autonomy(obj.setpoint, request.user, autonomous=obj.autonomous,
+                             daily_change_budget=obj.daily_change_budget)
+        obj.pk = AutonomySetting.objects.get(setpoint=obj.setpoint).pk
+
+
+@admin.register(ControllerPause)
+class ControllerPauseAdmin(admin.ModelAdmin):
+    list_display = ("site", "paused", "automatic", "since", "reason")
+    readonly_fields = ("site", "paused", "automatic", "since", "reason")
+    actions = ["resume"]
+
+    @admin.action(description="Resume the controllers of the selected sites", permissions=["change"])
+    def resume(self, request, queryset):
+        for pause in queryset:
+            changes.resume_controllers(pause.site, "resumed by hand", actor=request.user)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(ModbusPoint)
+class ModbusPointAdmin(admin.ModelAdmin):
+    list_display = ("setpoint", "host", "port", "unit_id", "register", "readback_register", "scale", "timeout_seconds")
+    search_fields = ("setpoint__name", "setpoint__cooling_unit__name", "host")
+    list_select_related = ("setpoint__cooling_unit",)

@@ -1,0 +1,130 @@
+"""Control API: setpoint changes (propose, approve, deny, cancel) and the audit log (read only).
+
+Thin viewsets over `control.changes`: the services check permissions, the two-person rule and the
+envelope; the views translate their refusals into one error body (`ControlErrorSerializer`).
+"""
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import exceptions, mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import BasePermission
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from control import changes
+from control.api import serializers
+from control.models import AuditEntry, SetpointChange
+
+ERRORS = {code: OpenApiResponse(serializers.ControlErrorSerializer, description=text) for code, text in (
+    (400, "Invalid request body."),
+    (403, "Missing permission, or the two-person rule."),
+    (404, "No such change."),
+    (409, "The change is not in a state that allows this."),
+    (422, "Refused by the safety envelope, or no change."),
+)}
+
+
+def control_exception_handler(exc, context):
+    """DRF's handler, with every error answered as {"error", "detail", ...}."""
+    if isinstance(exc, changes.ControlError):
+        body = {"error": exc.code, "detail": exc.message}
+        if exc.reasons:
+            body["reasons"] = exc.reasons
+        return Response(body, status=exc.status)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        response.data = {"error": "invalid", "detail": "The request is not valid.", "fields": response.data}
+    else:
+        code = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
+        response.data = {"error": code if isinstance(code, str) else "error",
+                         "detail": str(response.data.get("detail", response.data))}
+    return response
+
+
+class ViewChangePermission(BasePermission):
+    """Signed in with `control.view_setpointchange`; the action's own permission is checked by the service."""
+
+    def has_permission(self, request, view):
+        return bool(request.user and request.user.is_authenticated
+                    and request.user.has_perm("control.view_setpointchange"))
+
+
+class ControlViewSetMixin:
+    def get_exception_handler(self):
+        return control_exception_handler
+
+
+@extend_schema_view(
+    list=extend_schema(responses={200: serializers.SetpointChangeSerializer(many=True), 403: ERRORS[403]}),
+    retrieve=extend_schema(responses={200: serializers.SetpointChangeSerializer, 403: ERRORS[403],
+                                      404: ERRORS[404]}),
+)
+class SetpointChangeViewSet(ControlViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin,
+                            mixins.CreateModelMixin, viewsets.GenericViewSet):
+    queryset = SetpointChange.objects.select_related("setpoint__cooling_unit", "proposed_by", "decided_by")
+    serializer_class = serializers.SetpointChangeSerializer
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        for field in ("state", "setpoint", "origin"):
+            if value := self.request.query_params.get(field):
+                queryset = queryset.filter(**{field: value})
+        return queryset
+
+    @extend_schema(request=serializers.ProposeSerializer,
+                   responses={201: serializers.SetpointChangeSerializer, **{c: ERRORS[c] for c in (400, 403, 422)}},
+                   description="Propose a change. The envelope may clip the value (see `envelope_verdict`) or "
+                               "refuse it (422 with reasons); the change then waits for another user's approval.")
+    def create(self, request, *args, **kwargs):
+        data = serializers.ProposeSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        change = changes.propose(v["setpoint"], v["value"], user=request.user, unit=v.get("unit"),
+                                 rationale=v["rationale"], predicted_effect=v["predicted_effect"],
+                                 forecast_hottest_gpu_c=v["forecast_hottest_gpu_c"])
+        return Response(self.get_serializer(change).data, status=status.HTTP_201_CREATED)
+
+    def _decide(self, request, pk, service):
+        body = serializers.DecisionSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        get_object_or_404(SetpointChange, pk=pk)
+        change = service(int(pk), request.user, body.validated_data["comment"])
+        return Response(self.get_serializer(SetpointChange.objects.get(pk=change.pk)).data)
+
+    _decision_schema = {
+        "request": serializers.DecisionSerializer,
+        "responses": {200: serializers.SetpointChangeSerializer, **{c: ERRORS[c] for c in (400, 403, 404, 409)}},
+    }
+
+    @extend_schema(**_decision_schema, description="Approve (needs control.approve_setpointchange; not the "
+                                                   "proposer). The change is applied by the control queue.")
+    @action(detail=True, methods=["post"], permission_classes=[ViewChangePermission])
+    def approve(self, request, pk=None):
+        return self._decide(request, pk, changes.approve)
+
+    @extend_schema(**_decision_schema, description="Deny (needs control.approve_setpointchange; not the proposer).")
+    @action(detail=True, methods=["post"], permission_classes=[ViewChangePermission])
+    def deny(self, request, pk=None):
+        return self._decide(request, pk, changes.deny)
+
+    @extend_schema(**_decision_schema, description="Withdraw a pending or approved change (its proposer or an "
+                                                   "approver).")
+    @action(detail=True, methods=["post"], permission_classes=[ViewChangePermission])
+    def cancel(self, request, pk=None):
+        return self._decide(request, pk, changes.cancel)
+
+
+class AuditEntryViewSet(ControlViewSetMixin, viewsets.ReadOnlyModelViewSet):
+    """The append-only control log: read only, here as everywhere."""
+
+    queryset = AuditEntry.objects.all()
+    serializer_class = serializers.AuditEntrySerializer
