@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Make sure PostgreSQL and Redis answer on the addresses the tests use; start them if installed but
-# stopped. With --install (CI), install what is missing from Debian's packages first.
+# Make sure PostgreSQL and Redis answer on the addresses the tests use (start them if installed but
+# stopped) and that Chromium is there for the page tests. With --install (CI), install what is missing from
+# Debian's packages first.
 set -euo pipefail
 
 PGHOST=${PGHOST:-127.0.0.1}; PGPORT=${PGPORT:-5432}
@@ -36,9 +37,13 @@ if ! redis_up; then
   fi
 fi
 
+# The page tests drive Debian's Chromium through Playwright (never a downloaded browser).
+if ! [ -x /usr/bin/chromium ] && [ "$install" = --install ]; then apt_install chromium; fi
+
 missing=()
 pg_up || missing+=("PostgreSQL on $PGHOST:$PGPORT (Debian package: postgresql; or set DATABASE_URL)")
 redis_up || missing+=("Redis on $REDIS_HOST:$REDIS_PORT (Debian package: redis-server; or set REDIS_URL)")
+[ -x /usr/bin/chromium ] || missing+=("Chromium at /usr/bin/chromium for the browser tests (Debian package: chromium)")
 if [ ${#missing[@]} -gt 0 ]; then
   echo "The tests need real services that are not running and could not be started:" >&2
   printf '  - %s\n' "${missing[@]}" >&2

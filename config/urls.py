@@ -19,7 +19,9 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
     path("api/v1/", include("facility.api.urls")),
     path("api/v1/", include("telemetry.api.urls")),
+    path("api/v1/", include("inference.api.urls")),
     path("api/v1/", include("control.api.urls")),
     path("", include("facility.urls")),
     path("", include("control.urls")),
+    path("", include("telemetry.urls")),
 ]

@@ -6,6 +6,8 @@ from django.urls import reverse
 NAVIGATION = [
     ("Overview", "facility:overview", "facility.view_site"),
     ("Approvals", "control:approvals", "control.view_setpointchange"),
+    ("Live", "telemetry:live", "telemetry.view_gpusample"),
+    ("Loop", "telemetry:loop", "telemetry.view_gpusample"),
 ]
 
 

@@ -19,6 +19,8 @@ STREAM = "fusedc:telemetry"
 GROUP = "writers"
 # The in-process buffer keeps this many recent entries for `tail` (live views), about minutes of a site.
 TAIL_KEEP = 2048
+# Trimming never drops entries younger than this, so live views tailing the stream see every batch.
+TRIM_KEEP_SECONDS = 60
 
 
 class BufferUnavailable(Exception):
@@ -82,6 +84,10 @@ class RedisBuffer:
         horizon = summary["min"] if summary["pending"] else groups[GROUP]["last-delivered-id"]
         if horizon and horizon not in (b"0-0", "0-0"):
             ms, seq = (horizon.decode() if isinstance(horizon, bytes) else horizon).split("-")
+            # Live views tail the stream past the writers: keep the last minute whatever was acknowledged.
+            keep_ms = int((time.time() - TRIM_KEEP_SECONDS) * 1000)
+            if int(ms) > keep_ms:
+                ms, seq = str(keep_ms), "0"
             # MINID keeps entries >= horizon; when nothing is pending, keep the last delivered one too.
             self.client.xtrim(STREAM, minid=f"{ms}-{seq}", approximate=False)
 

@@ -6,12 +6,16 @@ writers store it afterwards. Anything not in the inventory is counted and record
 
 from __future__ import annotations
 
+import math
+import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cache
 
 import msgpack
+import numpy as np
 from django.conf import settings
 from django.db.models import F
 from django.db.models.signals import post_delete, post_save
@@ -21,6 +25,7 @@ from telemetry.buffer import get_buffer
 from telemetry.catalogue import Equipment, Kind, get
 from telemetry.models import Series, Source, UnknownEntity
 from telemetry.parsers import CoolingEntity, GpuEntity, ParseError, ParseResult
+from telemetry.parsers.json_batch import MAX_ERRORS_PER_COLUMN, GpuBlock
 from telemetry.schema import GPU_COLUMNS
 
 PAYLOAD_VERSION = 1
@@ -115,10 +120,25 @@ def _where(sample) -> dict:
     return {"line": sample.line} if sample.line is not None else {"path": sample.path}
 
 
+_BIG = sys.float_info.max
+
+
+@cache
+def _fast_bounds(name: str) -> tuple[float, float]:
+    """Bounds inside which a value needs no further check (not NaN, not infinite; bitmasks always checked)."""
+    metric = get(name)
+    if metric.kind is Kind.BITMASK:
+        return math.inf, -math.inf  # nothing passes: the full check runs
+    return (-_BIG if metric.min_value is None else metric.min_value,
+            _BIG if metric.max_value is None else metric.max_value)
+
+
 def ingest(source: Source, parsed: ParseResult, *, now: float | None = None) -> IngestReport:
     """Check a parsed batch, map it to the inventory and append it to the buffer; all or nothing.
 
-    Raises BatchRejected (→ 400) or telemetry.buffer.BufferUnavailable (→ 503).
+    Row samples go through one loop; a columnar GPU block (`parsed.gpu_block`, from the JSON columns format)
+    through the same checks done on whole columns. Raises BatchRejected (→ 400) or
+    telemetry.buffer.BufferUnavailable (→ 503).
     """
     now = time.time() if now is None else now
     errors = list(parsed.errors)
@@ -128,74 +148,220 @@ def ingest(source: Source, parsed: ParseResult, *, now: float | None = None) -> 
         duplicates_folded=parsed.duplicates_folded + parsed.mig_duplicates_folded,
     )
     index = inventory.for_site(source.site_id)
-    gpu_rows: dict[tuple[int, float], dict] = {}
-    points: dict[tuple[int, float], float] = {}
-    last_counter: dict[tuple, float] = {}
+    samples = parsed.samples
+    block = getattr(parsed, "gpu_block", None)
+    if block is not None and any(type(s.entity) is GpuEntity for s in samples):
+        samples, block = [*samples, *block.samples()], None  # GPU rows given both ways: one path for all
     unknown: Counter = Counter()
-    for sample in parsed.samples:
-        if (problem := _check_time(sample.timestamp, now)) is not None:
-            errors.append(ParseError(problem, **_where(sample)))
-            continue
-        metric = get(sample.metric)
-        if (problem := metric.check(sample.value)) is not None:
-            errors.append(ParseError(problem, **_where(sample)))
-            continue
-        entity = sample.entity
-        if isinstance(entity, GpuEntity):
-            gpu_id = _gpu_id(index, entity)
-            if gpu_id is None:
-                unknown[("gpu", entity.uuid or f"{entity.hostname}/gpu{entity.gpu}")] += 1
-                continue
-            column = GPU_COLUMNS.get(metric.name)
-            if column is None:
-                report.unknown_metrics[metric.name] += 1  # a DCGM field FuseDC does not store
-                continue
-            row = gpu_rows.setdefault((gpu_id, sample.timestamp), {})
-            if column in row:
-                errors.append(ParseError(f"duplicate sample of {metric.name} for this GPU and time", **_where(sample)))
-                continue
-            row[column] = sample.value
-            series_key = (gpu_id, column)
-        else:
-            assert isinstance(entity, CoolingEntity)
-            unit_id = None
-            if metric.equipment is Equipment.COOLING_UNIT:
-                unit_id = index["units"].get(entity.unit)
-                if unit_id is None:
-                    unknown[("cooling_unit", entity.unit)] += 1
-                    continue
-            series_id = _series_id(index, source.site_id, unit_id, entity.point, metric.name)
-            if (series_id, sample.timestamp) in points:
-                errors.append(
-                    ParseError(f"duplicate sample of {metric.name} for this point and time", **_where(sample))
-                )
-                continue
-            points[(series_id, sample.timestamp)] = sample.value
-            series_key = ("p", series_id)
-        if metric.kind is Kind.COUNTER:
-            previous = last_counter.get(series_key)
-            if previous is not None and previous[0] < sample.timestamp and previous[1] > sample.value:
-                errors.append(ParseError(f"counter {metric.name} goes backwards within the batch "
-                                         f"({previous[1]:g} → {sample.value:g})", **_where(sample)))
-            last_counter[series_key] = (sample.timestamp, sample.value)
+    gpu_rows, points = _rows(source, samples, index, now, errors, report, unknown)
+    columns = _block(block, index, now, errors, report, unknown) if block is not None and len(block) else None
     if errors:
         raise BatchRejected(errors)
     _record_unknown(source, unknown)
     report.unknown_entities = Counter({f"{kind}:{key}": n for (kind, key), n in unknown.items()})
     report.accepted = sum(len(r) for r in gpu_rows.values()) + len(points)
+    if columns is not None:
+        report.accepted += columns.pop("_accepted")
+        gpu = columns
+    else:
+        gpu = _gpu_payload(gpu_rows)
     if report.accepted:
-        report.entry_id = get_buffer().append(encode(source, gpu_rows, points))
+        report.entry_id = get_buffer().append(_pack(source, gpu, points))
     return report
+
+
+def _rows(source: Source, samples: list, index: dict, now: float, errors: list, report: IngestReport,
+          unknown: Counter) -> tuple[dict, dict]:
+    """Row samples → wide GPU rows {(gpu_id, time): {column: value}} and points {(series_id, time): value}."""
+    gpu_rows: dict[tuple[int, float], dict] = {}
+    points: dict[tuple[int, float], float] = {}
+    last_counter: dict[tuple, tuple] = {}
+    oldest = now - settings.TELEMETRY_MAX_AGE_SECONDS
+    newest = now + settings.TELEMETRY_MAX_FUTURE_SECONDS
+    by_uuid, by_host, units = index["uuid"], index["host_index"], index["units"]
+    columns = GPU_COLUMNS
+    unknown_metrics = report.unknown_metrics
+    for sample in samples:
+        ts, value = sample.timestamp, sample.value
+        if not oldest <= ts <= newest and (problem := _check_time(ts, now)) is not None:
+            errors.append(ParseError(problem, **_where(sample)))
+            continue
+        metric = get(sample.metric)
+        lo, hi = _fast_bounds(metric.name)
+        if not lo <= value <= hi and (problem := metric.check(value)) is not None:
+            errors.append(ParseError(problem, **_where(sample)))
+            continue
+        entity = sample.entity
+        if type(entity) is GpuEntity:
+            uuid = entity.uuid
+            gpu_id = by_uuid.get(uuid) if uuid else None
+            if gpu_id is None and entity.hostname is not None and entity.gpu is not None:
+                gpu_id = by_host.get((entity.hostname, entity.gpu))
+            if gpu_id is None:
+                unknown[("gpu", uuid or f"{entity.hostname}/gpu{entity.gpu}")] += 1
+                continue
+            column = columns.get(metric.name)
+            if column is None:
+                unknown_metrics[metric.name] += 1  # a DCGM field FuseDC does not store
+                continue
+            row = gpu_rows.get((gpu_id, ts))
+            if row is None:
+                row = gpu_rows[(gpu_id, ts)] = {}
+            elif column in row:
+                errors.append(ParseError(f"duplicate sample of {metric.name} for this GPU and time", **_where(sample)))
+                continue
+            row[column] = value
+            series_key = (gpu_id, column)
+        else:
+            assert isinstance(entity, CoolingEntity)
+            unit_id = None
+            if metric.equipment is Equipment.COOLING_UNIT:
+                unit_id = units.get(entity.unit)
+                if unit_id is None:
+                    unknown[("cooling_unit", entity.unit)] += 1
+                    continue
+            series_id = _series_id(index, source.site_id, unit_id, entity.point, metric.name)
+            if (series_id, ts) in points:
+                errors.append(
+                    ParseError(f"duplicate sample of {metric.name} for this point and time", **_where(sample))
+                )
+                continue
+            points[(series_id, ts)] = value
+            series_key = ("p", series_id)
+        if metric.kind is Kind.COUNTER:
+            previous = last_counter.get(series_key)
+            if previous is not None and previous[0] < ts and previous[1] > value:
+                errors.append(ParseError(f"counter {metric.name} goes backwards within the batch "
+                                         f"({previous[1]:g} → {value:g})", **_where(sample)))
+            last_counter[series_key] = (ts, value)
+    return gpu_rows, points
+
+
+def _block(block: GpuBlock, index: dict, now: float, errors: list, report: IngestReport,
+           unknown: Counter) -> dict | None:
+    """A columnar GPU block → the payload's `gpu` columns (plus `_accepted`), with the row path's checks.
+
+    Everything is done on whole columns; Python loops run only over rows something is wrong with (or over
+    GPUs that appear more than once in the block).
+    """
+    ts = block.timestamp
+    max_age, max_future = settings.TELEMETRY_MAX_AGE_SECONDS, settings.TELEMETRY_MAX_FUTURE_SECONDS
+    late = (ts < now - max_age) | (ts > now + max_future)
+    if late.any():
+        for i in np.flatnonzero(late)[: 1 if block.scalar_timestamp else MAX_ERRORS_PER_COLUMN].tolist():
+            errors.append(ParseError(_check_time(float(ts[i]), now), path=block.time_path(i)))
+        return None
+    by_uuid, by_host = index["uuid"], index["host_index"]
+    if block.hostname is None or block.gpu is None:
+        ids = [by_uuid.get(u, -1) for u in block.uuid]
+    else:
+        uuids = block.uuid or [None] * len(block)
+        ids = [by_uuid[u] if u and u in by_uuid else by_host.get((h, g), -1)
+               for u, h, g in zip(uuids, block.hostname, block.gpu, strict=True)]
+    gpu_id = np.array(ids, dtype=np.int64)
+    present = {m: ~np.isnan(v) for m, v in block.values.items()}
+    known = gpu_id >= 0
+    if not known.all():
+        sent = np.zeros(len(block), dtype=np.int64)
+        for mask in present.values():
+            sent += mask
+        for i in np.flatnonzero(~known).tolist():
+            entity = block.entity(i)
+            if sent[i]:
+                unknown[("gpu", entity.uuid or f"{entity.hostname}/gpu{entity.gpu}")] += int(sent[i])
+        rows = np.flatnonzero(known)
+    else:
+        rows = np.arange(len(block))
+    # Oldest first per GPU: the order of the stored rows, and what duplicate and counter checks compare.
+    rows = rows[np.lexsort((ts[rows], gpu_id[rows]))]
+    ids_sorted = gpu_id[rows]
+    values = {m: v[rows] for m, v in block.values.items()}
+    present = {m: p[rows] for m, p in present.items()}
+    if len(rows) > 1 and (ids_sorted[1:] == ids_sorted[:-1]).any():
+        keep = _repeated_gpus(block, rows, ids_sorted, ts[rows], values, present, errors)
+        if keep is None:
+            return None
+        rows, ids_sorted = rows[keep], ids_sorted[keep]
+        values = {m: v[keep] for m, v in values.items()}
+        present = {m: p[keep] for m, p in present.items()}
+    gpu: dict = {"gpu_id": ids_sorted.tolist(), "time": ts[rows].tolist()}
+    accepted = 0
+    for metric, column in GPU_COLUMNS.items():
+        if metric not in values:
+            continue
+        count = int(np.count_nonzero(present[metric]))
+        if not count:
+            continue
+        accepted += count
+        items = values[metric].tolist()
+        if count < len(items):
+            for i in np.flatnonzero(~present[metric]).tolist():
+                items[i] = None
+        gpu[column] = items
+    for metric in values.keys() - GPU_COLUMNS.keys():
+        count = int(np.count_nonzero(present[metric]))
+        if count:
+            report.unknown_metrics[metric] += count  # a DCGM field FuseDC does not store
+    gpu["_accepted"] = accepted
+    return gpu
+
+
+def _repeated_gpus(block: GpuBlock, rows, ids, times, values: dict, present: dict, errors: list):
+    """Rows of a GPU that appears more than once (sorted by GPU, then time): merge rows of the same time
+    that carry different fields, refuse a field sent twice for one time, and a counter going backwards.
+    Returns which of the sorted rows to keep, or None after naming the errors."""
+    n = len(rows)
+    keep = np.ones(n, dtype=bool)
+    before = len(errors)
+    counters = [m for m in values if get(m).kind is Kind.COUNTER]
+    start = 0
+    while start < n:
+        end = start + 1
+        while end < n and ids[end] == ids[start]:
+            end += 1
+        target = start
+        last: dict[str, tuple[float, float]] = {}
+        for j in range(start, end):
+            if j > start and times[j] == times[target]:
+                keep[j] = False
+                for m in values:
+                    if not present[m][j]:
+                        continue
+                    if present[m][target]:
+                        errors.append(ParseError(f"duplicate sample of {m} for this GPU and time",
+                                                 path=block.path(m, int(rows[j]))))
+                    else:
+                        values[m][target], present[m][target] = values[m][j], True
+            elif j > start:
+                target = j
+            for m in counters:
+                if present[m][j]:
+                    previous = last.get(m)
+                    value = float(values[m][j])
+                    if previous is not None and previous[0] < times[j] and previous[1] > value:
+                        errors.append(ParseError(f"counter {m} goes backwards within the batch "
+                                                 f"({previous[1]:g} → {value:g})", path=block.path(m, int(rows[j]))))
+                    last[m] = (float(times[j]), value)
+        start = end
+    return keep if len(errors) == before else None
 
 
 def encode(source: Source, gpu_rows: dict, points: dict) -> bytes:
     """Columnar payload: one wide GPU row per (gpu, time), one value per (series, time)."""
+    return _pack(source, _gpu_payload(gpu_rows), points)
+
+
+def _gpu_payload(gpu_rows: dict) -> dict:
     keys = sorted(gpu_rows)
     gpu = {"gpu_id": [k[0] for k in keys], "time": [k[1] for k in keys]}
     for column in GPU_COLUMNS.values():
         values = [gpu_rows[k].get(column) for k in keys]
         if any(v is not None for v in values):
             gpu[column] = values
+    return gpu
+
+
+def _pack(source: Source, gpu: dict, points: dict) -> bytes:
     point_keys = sorted(points)
     return msgpack.packb({
         "v": PAYLOAD_VERSION,

@@ -44,7 +44,7 @@ def test_api_list_and_propose_by_role(role_client, plant, role, list_status, pro
     if propose_status == 201:
         assert response.json()["state"] == "pending" and response.json()["to_value"] == 18.5
     else:
-        assert "error" in response.json() and "detail" in response.json()
+        assert "code" in response.json() and "message" in response.json()
 
 
 @pytest.mark.parametrize(("role", "status", "state"), [
@@ -60,7 +60,7 @@ def test_api_approve_by_role(role_client, pending, role, status, state, django_c
     if status == 200:
         assert response.json()["decision_comment"] == "looks right"
     else:
-        assert response.json()["error"] == "permission_denied"
+        assert response.json()["code"] == "permission_denied"
 
 
 def test_api_two_person_rule_deny_cancel_and_errors(client, make_user, plant, django_capture_on_commit_callbacks):
@@ -70,17 +70,18 @@ def test_api_two_person_rule_deny_cancel_and_errors(client, make_user, plant, dj
     assert created.status_code == 201 and created.json()["to_value"] == 19.0  # clipped: range, then step
     change = created.json()["id"]
     refused = client.post(f"{LIST}{change}/approve/", {}, content_type="application/json")
-    assert refused.status_code == 403 and refused.json()["error"] == "two_person_rule"
+    assert refused.status_code == 403 and refused.json()["code"] == "two_person_rule"
     client.force_login(bob)
     assert client.post(f"{LIST}{change}/deny/", {"comment": "no"}, content_type="application/json").json()[
         "state"] == "denied"
     again = client.post(f"{LIST}{change}/approve/", {}, content_type="application/json")
-    assert again.status_code == 409 and again.json()["error"] == "invalid_state"
+    assert again.status_code == 409 and again.json()["code"] == "invalid_state"
     missing = client.post(f"{LIST}999999/approve/", {}, content_type="application/json")
-    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
     client.force_login(alice)
     bad = client.post(LIST, {"setpoint": plant.crah_sat.pk, "value": "warm"}, content_type="application/json")
-    assert bad.status_code == 400 and bad.json()["error"] == "invalid" and "value" in bad.json()["fields"]
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid"
+    assert "value" in {e["item"] for e in bad.json()["errors"]}
     wrong_unit = client.post(LIST, {"setpoint": plant.crah_sat.pk, "value": 291, "unit": "kelvin"},
                              content_type="application/json")
     assert wrong_unit.status_code == 422 and wrong_unit.json()["reasons"][0]["code"] == "unit"

@@ -67,8 +67,8 @@ def test_healthz_503_when_redis_is_unreachable(client):
 
 
 def test_check_deploy_is_clean_under_production_settings():
-    env = dict(
-        os.environ,
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_ALLOW_ASYNC_UNSAFE"}  # never set in deployment
+    env.update(
         DJANGO_SETTINGS_MODULE="config.settings.production",
         SECRET_KEY=secrets.token_urlsafe(64),
         ALLOWED_HOSTS="fusedc.example.com",

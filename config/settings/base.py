@@ -112,7 +112,9 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # redis-py 8 times out reads after 5 s, exactly channels-redis' blocking receive: without a
+                # longer timeout every idle websocket consumer is torn down (django/channels_redis#422).
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
                 # channels-redis drops group messages silently when a channel is full (default 100):
                 # live views send one message per tick, so 1,000 is ~minutes of slack for a slow tab.
                 "capacity": env.int("CHANNEL_CAPACITY", default=1000),
@@ -201,6 +203,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["facility.api.permissions.ModelPermissions"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "facility.api.pagination.IdCursorPagination",
+    "EXCEPTION_HANDLER": "facility.api.errors.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "FuseDC API",
@@ -243,6 +246,14 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = TELEMETRY_MAX_BODY_BYTES
 TELEMETRY_RETENTION_RAW_DAYS = env.int("TELEMETRY_RETENTION_RAW_DAYS", default=7)
 TELEMETRY_RETENTION_1M_DAYS = env.int("TELEMETRY_RETENTION_1M_DAYS", default=90)
 TELEMETRY_RETENTION_1H_DAYS = env.int("TELEMETRY_RETENTION_1H_DAYS", default=730)
+# Live views: a GPU, unit or source without data for this long is flagged stale.
+TELEMETRY_LIVE_STALE_SECONDS = env.int("TELEMETRY_LIVE_STALE_SECONDS", default=30)
+
+# --- Inference (inference/serving.py) --------------------------------------------------------------
+# Streams need telemetry this recent to be forecast; quiet streams' caches are dropped after the second.
+INFERENCE_FRESH_SECONDS = env.int("INFERENCE_FRESH_SECONDS", default=600)
+INFERENCE_EVICT_SECONDS = env.int("INFERENCE_EVICT_SECONDS", default=300)
+INFERENCE_FORECAST_RETENTION_HOURS = env.int("INFERENCE_FORECAST_RETENTION_HOURS", default=24)
 
 # --- Control (control/envelope.py, control/changes.py) ---------------------------------------------
 # Refuse raising a supply temperature while a GPU it cools is within this margin of its slowdown temperature.

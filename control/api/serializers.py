@@ -42,11 +42,12 @@ class DecisionSerializer(serializers.Serializer):
 class ControlErrorSerializer(serializers.Serializer):
     """Every refusal of the control API has this shape."""
 
-    error = serializers.CharField(help_text="Stable slug: permission_denied, two_person_rule, invalid_state, "
-                                            "envelope_refused, no_change, expired, not_found, invalid...")
-    detail = serializers.CharField()
+    code = serializers.CharField(help_text="Stable slug: permission_denied, two_person_rule, invalid_state, "
+                                           "envelope_refused, no_change, expired, not_found, invalid...")
+    message = serializers.CharField()
     reasons = serializers.ListField(child=serializers.DictField(), required=False)
-    fields = serializers.DictField(required=False)
+    errors = serializers.ListField(child=serializers.DictField(), required=False,
+                                   help_text="Each invalid field as {item, reason}.")
 
 
 class AuditEntrySerializer(serializers.ModelSerializer):

@@ -4,19 +4,17 @@ Thin viewsets over `control.changes`: the services check permissions, the two-pe
 envelope; the views translate their refusals into one error body (`ControlErrorSerializer`).
 """
 
-from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import exceptions, mixins, status, viewsets
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
 
 from control import changes
 from control.api import serializers
 from control.models import AuditEntry, SetpointChange
+from facility.api.errors import api_exception_handler
 
 ERRORS = {code: OpenApiResponse(serializers.ControlErrorSerializer, description=text) for code, text in (
     (400, "Invalid request body."),
@@ -28,26 +26,13 @@ ERRORS = {code: OpenApiResponse(serializers.ControlErrorSerializer, description=
 
 
 def control_exception_handler(exc, context):
-    """DRF's handler, with every error answered as {"error", "detail", ...}."""
+    """The API's one error body; a refusal by the control services also lists its reasons."""
     if isinstance(exc, changes.ControlError):
-        body = {"error": exc.code, "detail": exc.message}
+        body = {"code": exc.code, "message": exc.message}
         if exc.reasons:
             body["reasons"] = exc.reasons
         return Response(body, status=exc.status)
-    if isinstance(exc, Http404):
-        exc = exceptions.NotFound()
-    elif isinstance(exc, DjangoPermissionDenied):
-        exc = exceptions.PermissionDenied()
-    response = exception_handler(exc, context)
-    if response is None:
-        return None
-    if isinstance(exc, exceptions.ValidationError):
-        response.data = {"error": "invalid", "detail": "The request is not valid.", "fields": response.data}
-    else:
-        code = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
-        response.data = {"error": code if isinstance(code, str) else "error",
-                         "detail": str(response.data.get("detail", response.data))}
-    return response
+    return api_exception_handler(exc, context)
 
 
 class ViewChangePermission(BasePermission):

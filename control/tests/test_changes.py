@@ -267,3 +267,18 @@ def test_gather_reads_real_telemetry_and_topology(plant):
         assert envelope.check(plant.cdu_supply, 26, now=now).codes == ["stale_telemetry"]
     finally:
         storage._known_partitions.clear()  # the test transaction rolls the partitions back
+
+
+def test_changes_annotate_the_loop_page_timeline(plant, people, gpus):
+    from telemetry.views import setpoint_annotations
+
+    change = _approved(plant, people)
+    marks = setpoint_annotations(plant.site, (T0 - timedelta(minutes=1)).timestamp(),
+                                 (T0 + timedelta(minutes=1)).timestamp())
+    assert [(m["state"], m["unit"], m["setpoint"], m["value"]) for m in marks] == [
+        ("proposed", "crah-a1", "supply_air_temperature_setpoint_celsius", 18.5),
+        ("approved", "crah-a1", "supply_air_temperature_setpoint_celsius", 18.5),
+    ]
+    assert "save fan energy" in marks[0]["text"] and marks[1]["url"].endswith(f"#change-{change.pk}")
+    assert setpoint_annotations(plant.site, (T0 + timedelta(hours=2)).timestamp(),
+                                (T0 + timedelta(hours=3)).timestamp()) == []

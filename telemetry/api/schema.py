@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 class SourceTokenScheme(OpenApiAuthenticationExtension):
     target_class = "telemetry.api.auth.SourceTokenAuthentication"
+    match_subclasses = True  # the ingest views' variant (telemetry.api.views.IngestTokenAuthentication)
     name = "sourceToken"
 
     def get_security_definition(self, auto_schema):
@@ -51,16 +52,24 @@ INGEST_RESPONSES = {
 }
 JSON_BATCH = inline_serializer(
     "SampleBatch",
-    {"samples": serializers.ListField(child=inline_serializer("Sample", {
-        "metric": serializers.CharField(),
-        "timestamp": serializers.CharField(help_text="epoch seconds or ISO 8601 with a zone"),
-        "value": serializers.FloatField(),
-        "uuid": serializers.CharField(required=False),
-        "hostname": serializers.CharField(required=False),
-        "gpu": serializers.IntegerField(required=False),
-        "cooling_unit": serializers.CharField(required=False),
-        "point": serializers.CharField(required=False),
-    }))},
+    {
+        "gpus": serializers.DictField(
+            required=False,
+            help_text="GPU samples as columns of equal length: uuid (or hostname and gpu), timestamp (a list, or "
+                      "one value for every row) and one list per DCGM field (null: not sent for that GPU). Row i "
+                      "is one GPU at one time. Bad values are named by index, e.g. gpus.DCGM_FI_DEV_GPU_TEMP[17].",
+        ),
+        "samples": serializers.ListField(required=False, child=inline_serializer("Sample", {
+            "metric": serializers.CharField(),
+            "timestamp": serializers.CharField(help_text="epoch seconds or ISO 8601 with a zone"),
+            "value": serializers.FloatField(),
+            "uuid": serializers.CharField(required=False),
+            "hostname": serializers.CharField(required=False),
+            "gpu": serializers.IntegerField(required=False),
+            "cooling_unit": serializers.CharField(required=False),
+            "point": serializers.CharField(required=False),
+        })),
+    },
 )
 
 samples_schema = extend_schema(request=JSON_BATCH, responses=INGEST_RESPONSES, tags=["telemetry ingest"])

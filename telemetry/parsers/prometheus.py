@@ -65,6 +65,9 @@ def parse_exposition(text: str, *, default_timestamp: float, openmetrics: bool |
         openmetrics = any(line.rstrip() == "# EOF" for line in lines)
     seen: set[tuple[str, object, float]] = set()
     eof_line: int | None = None
+    # A scrape repeats each GPU's label set once per field: parse each distinct one (and its entity) once.
+    label_sets: dict[str, tuple[dict[str, str], str | None]] = {}
+    entities: dict[tuple[str, bool], GpuEntity | str] = {}
 
     for number, line in enumerate(lines, start=1):
         stripped = line.strip(_WS)
@@ -79,11 +82,11 @@ def parse_exposition(text: str, *, default_timestamp: float, openmetrics: bool |
                 if _comment(stripped) == "EOF":
                     eof_line = number
                 continue
-            name, labels, value, ts = _sample(stripped, openmetrics)
+            name, labels, value, ts, label_key = _sample(stripped, openmetrics, label_sets)
         except _LineError as exc:
             result.errors.append(ParseError(str(exc), line=number, text=clip(line)))
             continue
-        _normalise(result, seen, name, labels, value, ts, default_timestamp, number, line)
+        _normalise(result, seen, name, labels, value, ts, default_timestamp, number, line, label_key, entities)
 
     if openmetrics and eof_line is None:
         result.errors.append(
@@ -121,6 +124,8 @@ def _normalise(
     default_timestamp: float,
     number: int,
     line: str,
+    label_key: str | None = None,
+    entities: dict | None = None,
 ) -> None:
     metric = _lookup(name)
     if metric is None or metric.equipment is not Equipment.GPU:
@@ -133,10 +138,17 @@ def _normalise(
     if problem is not None:
         result.errors.append(ParseError(problem, line=number, text=clip(line)))
         return
-    try:
-        entity = _gpu_entity(labels, keep_mig=metric.per_mig_instance)
-    except _LineError as exc:
-        result.errors.append(ParseError(str(exc), line=number, text=clip(line)))
+    cache_key = (label_key, metric.per_mig_instance)
+    entity = entities.get(cache_key) if entities is not None and label_key is not None else None
+    if entity is None:
+        try:
+            entity = _gpu_entity(labels, keep_mig=metric.per_mig_instance)
+        except _LineError as exc:
+            entity = str(exc)
+        if entities is not None and label_key is not None:
+            entities[cache_key] = entity
+    if isinstance(entity, str):  # the label set has no usable GPU identity
+        result.errors.append(ParseError(entity, line=number, text=clip(line)))
         return
     timestamp = default_timestamp if ts is None else ts
     # Identity of the series for folding: the physical GPU (UUID if known) plus the MIG instance if kept.
@@ -214,7 +226,15 @@ def _comment(line: str) -> str | None:
     return keyword
 
 
-def _sample(line: str, openmetrics: bool) -> tuple[str, dict[str, str], float, float | None]:
+def _sample(
+    line: str, openmetrics: bool, label_sets: dict | None = None
+) -> tuple[str, dict[str, str], float, float | None, str | None]:
+    """One sample line → name, labels, value, timestamp (s) and the label set's text (a cache key).
+
+    With `label_sets`, a label set already parsed in this scrape is reused: its text up to the first "}"
+    parsed completely and ended there, so the same text parses the same way. Callers must not change the
+    labels they get (they are shared between lines).
+    """
     pos = 0
     name: str | None = None
     if line[0] != "{":
@@ -223,9 +243,19 @@ def _sample(line: str, openmetrics: bool) -> tuple[str, dict[str, str], float, f
             raise _LineError("invalid metric name")
         name, pos = match.group(), match.end()
     labels: dict[str, str] = {}
+    label_key: str | None = None
     brace = _skip_ws(line, pos)  # "name {...}" is tolerated, as Prometheus does
     if brace < len(line) and line[brace] == "{":
-        labels, quoted_name, pos = _labels(line, brace)
+        close = line.find("}", brace)
+        key = line[brace:close + 1] if close >= 0 and label_sets is not None else None
+        cached = label_sets.get(key) if key is not None else None
+        if cached is not None:
+            (labels, quoted_name), pos = cached, close + 1
+        else:
+            labels, quoted_name, pos = _labels(line, brace)
+            if key is not None and pos == close + 1:
+                label_sets[key] = (labels, quoted_name)
+        label_key = key if pos == close + 1 else None
         if quoted_name is not None:
             if name is not None:
                 raise _LineError("metric name given both before and inside the braces")
@@ -261,7 +291,7 @@ def _sample(line: str, openmetrics: bool) -> tuple[str, dict[str, str], float, f
             if not _INT.fullmatch(tokens[1]):
                 raise _LineError(f"invalid timestamp {tokens[1]!r} (text format wants integer milliseconds)")
             ts = int(tokens[1]) / 1000.0
-    return name, labels, value, ts
+    return name, labels, value, ts, label_key
 
 
 def _skip_ws(line: str, pos: int) -> int:
@@ -361,7 +391,7 @@ def iter_series(text: str) -> Iterator[tuple[int, str, dict[str, str], float, fl
         if not stripped or stripped.startswith("#"):
             continue
         try:
-            name, labels, value, ts = _sample(stripped, openmetrics)
+            name, labels, value, ts, _ = _sample(stripped, openmetrics)
         except _LineError:
             continue
         yield number, name, labels, value, ts

@@ -1,0 +1,43 @@
+"""One error body for the whole REST API: `{"code", "message", "errors": [{"item", "reason"}]}`.
+
+`code` is a stable slug (invalid, not_authenticated, permission_denied, not_found, rate_limited, …);
+`errors` names each problem's field or item path (`samples[3].value`, `start`) where there is one.
+"""
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
+from rest_framework import exceptions
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+def _flatten(data, prefix: str = ""):
+    if isinstance(data, dict):
+        for key, value in data.items():
+            name = "" if key == "non_field_errors" else str(key)
+            yield from _flatten(value, f"{prefix}.{name}" if prefix and name else prefix or name)
+    elif isinstance(data, list) and data and all(isinstance(v, dict | list) for v in data):
+        for i, value in enumerate(data):
+            yield from _flatten(value, f"{prefix}[{i}]")
+    elif isinstance(data, list):
+        for value in data:
+            yield {"item": prefix or "(request)", "reason": str(value)}
+    else:
+        yield {"item": prefix or "(request)", "reason": str(data)}
+
+
+def api_exception_handler(exc, context):
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        errors = list(_flatten(response.data))
+        response.data = {"code": "invalid", "message": f"{len(errors)} problem(s) in the request", "errors": errors}
+    else:
+        code = exc.get_codes() if isinstance(exc, exceptions.APIException) else "error"
+        detail = response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
+        response.data = {"code": code if isinstance(code, str) else "error", "message": str(detail)}
+    return response

@@ -1,0 +1,605 @@
+"""Forecaster inputs from telemetry: per-GPU rows of ``FEATURES``, aligned on a time grid, with targets.
+
+One path for training, evaluation and serving:
+
+1. ``CoolingMap`` says, from a facility-file dict (``facility.facility_file.export_facility`` or the twin's
+   own), which cooling points feed each GPU: the CRAH/CRAC supply air of its rack (plus the containment
+   offset) as inlet air, the CDU secondary supply and flow as coolant, and the current setpoints.
+2. ``assemble_rows`` turns GPU rows (gpu, time, DCGM columns) and point series into ``(rows, FEATURES)``
+   physical values, taking each cooling point's latest reading at or before the row's time (vectorised with
+   ``searchsorted``; a reading older than ``max_point_age_s`` counts as missing).
+3. ``Frames`` puts rows on a grid of ``interval_s`` (1 s, or the scrape interval) per GPU; ``Frames.targets``
+   shifts the target columns by each horizon, and the throttle label comes from the clocks-event-reason
+   thermal/power bits. ``Frames.split`` holds out the end of the range by time; ``Frames.windows`` cuts
+   fixed-length training windows (index arithmetic, no per-sample Python loops).
+
+Rows come from the database (``load_frames``, ``load_rows``: Django imported lazily) or straight from the
+twin (``twin_frames``: no Django, for benchmarks and fast tests). Both go through ``assemble_rows``; a test
+checks they agree on the same run.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from inference.model import FEATURE_NAMES, TARGETS
+
+__all__ = [
+    "GPU_FEATURE_COLUMNS",
+    "HORIZONS_S",
+    "THROTTLE_REASON_MASK",
+    "CoolingMap",
+    "Frames",
+    "Windows",
+    "assemble_rows",
+    "load_frames",
+    "load_rows",
+    "twin_frames",
+]
+
+HORIZONS_S = (10.0, 60.0, 300.0)
+# Server inlet ≈ CRAH supply air + this (facility.models.Hall.contained: 1–2 K contained, 4–5 K open).
+INLET_OFFSET_CONTAINED_K = 1.5
+INLET_OFFSET_OPEN_K = 4.5
+# DCGM clocks-event reasons that mean "slowed for power or heat": SW power cap, HW slowdown, SW/HW thermal.
+THROTTLE_REASON_MASK = 0x4 | 0x8 | 0x20 | 0x40
+# A cooling reading older than this is not used (the point stopped reporting).
+MAX_POINT_AGE_S = 120.0
+# Cooling and GPU sources stamp one scrape slightly differently (ms truncation, separate requests): a reading
+# up to this much after a GPU sample counts as taken with it.
+POINT_LOOKAHEAD_S = 0.5
+
+# GPU feature -> (wide-row column, scale to the feature's unit).
+GPU_FEATURE_COLUMNS: dict[str, tuple[str, float]] = {
+    "gpu_temperature_celsius": ("gpu_temp", 1.0),
+    "memory_temperature_celsius": ("memory_temp", 1.0),
+    "power_watts": ("power_usage", 1.0),
+    "sm_clock_megahertz": ("sm_clock", 1.0),
+    "gpu_utilization_ratio": ("gpu_util", 0.01),
+    "tensor_active_ratio": ("tensor_active", 1.0),
+}
+ROW_COLUMNS = (*(c for c, _ in GPU_FEATURE_COLUMNS.values()), "clocks_event_reasons")
+
+# Cooling point series, as stored (metric, point) per unit kind, and the twin read-out each comes from.
+AIR_KINDS = ("crah", "crac")
+LIQUID_KINDS = ("cdu",)
+SERIES = {
+    "supply_air": ("supply_air_temperature_celsius", "", "supply_air_temperature_celsius"),
+    "fan": ("fan_speed_ratio", "", "fan_speed_ratio"),
+    "air_setpoint": ("supply_air_temperature_setpoint_celsius", "", "supply_air_temperature_setpoint_celsius"),
+    "coolant_supply": ("supply_water_temperature_celsius", "secondary", "secondary_supply_temperature_celsius"),
+    "coolant_flow": ("flow_liters_per_minute", "secondary", "secondary_flow_liters_per_minute"),
+    "coolant_setpoint": ("secondary_supply_temperature_setpoint_celsius", "",
+                         "secondary_supply_temperature_setpoint_celsius"),
+    "pump_setpoint": ("pump_speed_setpoint_ratio", "", "pump_speed_setpoint_ratio"),
+}
+SeriesKey = tuple[str, str, str]  # (cooling unit name, point, metric)
+
+
+# --------------------------------------------------------------------------------------------------
+# Which cooling points feed which GPU
+
+
+@dataclass
+class CoolingMap:
+    """Per GPU (by UUID) and cooling feature: the point series feeding it and how they combine.
+
+    ``weights[feature]`` is (gpus, series): a GPU's value is the weighted mean of the series that are present
+    at that time (``sum`` features — coolant flow per node — multiply back by the total weight so a CDU's flow
+    is shared among the nodes it cools). ``offsets[feature]`` is added per GPU (the inlet offset).
+    """
+
+    uuids: list[str]
+    series: list[SeriesKey]
+    weights: dict[str, np.ndarray]
+    offsets: dict[str, np.ndarray] = field(default_factory=dict)
+    sums: frozenset[str] = frozenset({"coolant_flow_liters_per_minute"})
+    racks: dict[str, str] = field(default_factory=dict)  # uuid -> rack name
+    units_of_rack: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_facility(cls, facility: Mapping) -> CoolingMap:
+        kinds = {u["name"]: u["kind"] for u in facility.get("cooling_units", [])}
+        uuids: list[str] = []
+        gpu_units: list[list[str]] = []
+        gpu_offset: list[float] = []
+        gpu_node: list[str] = []
+        racks: dict[str, str] = {}
+        units_of_rack: dict[str, list[str]] = {}
+        nodes_of_unit: dict[str, set[str]] = {}
+        for hall in facility.get("halls", []):
+            offset = INLET_OFFSET_CONTAINED_K if hall.get("contained", True) else INLET_OFFSET_OPEN_K
+            for rack in hall.get("racks", []):
+                units = list(rack.get("cooled_by", []))
+                units_of_rack[rack["name"]] = units
+                for node in rack.get("nodes", []):
+                    for unit in units:
+                        nodes_of_unit.setdefault(unit, set()).add(node["hostname"])
+                    for gpu in node.get("gpus", []):
+                        uuids.append(gpu["uuid"])
+                        gpu_units.append(units)
+                        gpu_offset.append(offset)
+                        gpu_node.append(node["hostname"])
+                        racks[gpu["uuid"]] = rack["name"]
+        series: list[SeriesKey] = []
+        index: dict[SeriesKey, int] = {}
+
+        def column(unit: str, name: str) -> int:
+            metric, point, _ = SERIES[name]
+            key = (unit, point, metric)
+            if key not in index:
+                index[key] = len(series)
+                series.append(key)
+            return index[key]
+
+        rows: dict[str, list[tuple[int, int, float]]] = {f: [] for f in COOLING_FEATURES}
+        for g, units in enumerate(gpu_units):
+            air = [u for u in units if kinds.get(u) in AIR_KINDS]
+            liquid = [u for u in units if kinds.get(u) in LIQUID_KINDS]
+            for u in air:
+                rows["inlet_air_temperature_celsius"].append((g, column(u, "supply_air"), 1.0))
+                rows["fan_speed_setpoint_ratio"].append((g, column(u, "fan"), 1.0))
+            for u in liquid:
+                rows["coolant_supply_temperature_celsius"].append((g, column(u, "coolant_supply"), 1.0))
+                rows["coolant_flow_liters_per_minute"].append(
+                    (g, column(u, "coolant_flow"), 1.0 / max(1, len(nodes_of_unit.get(u, ())))))
+                rows["supply_temperature_setpoint_celsius"].append((g, column(u, "coolant_setpoint"), 1.0))
+                rows["pump_speed_setpoint_ratio"].append((g, column(u, "pump_setpoint"), 1.0))
+            if not liquid:  # an air-cooled rack's supply setpoint is its CRAHs'
+                for u in air:
+                    rows["supply_temperature_setpoint_celsius"].append((g, column(u, "air_setpoint"), 1.0))
+        weights = {}
+        for name, entries in rows.items():
+            w = np.zeros((len(uuids), len(series)))
+            for g, s, value in entries:
+                w[g, s] = value
+            weights[name] = w
+        offsets = {"inlet_air_temperature_celsius": np.array(gpu_offset, dtype=float)}
+        return cls(uuids, series, weights, offsets, racks=racks, units_of_rack=units_of_rack)
+
+    def gpu_index(self, uuids: Iterable[str]) -> np.ndarray:
+        position = {u: i for i, u in enumerate(self.uuids)}
+        return np.array([position[u] for u in uuids], dtype=np.int64)
+
+    def gpus_cooled_by(self, unit: str) -> list[str]:
+        return [u for u in self.uuids if unit in self.units_of_rack.get(self.racks[u], ())]
+
+
+COOLING_FEATURES = (
+    "inlet_air_temperature_celsius",
+    "coolant_supply_temperature_celsius",
+    "coolant_flow_liters_per_minute",
+    "supply_temperature_setpoint_celsius",
+    "fan_speed_setpoint_ratio",
+    "pump_speed_setpoint_ratio",
+)
+assert set(GPU_FEATURE_COLUMNS) | set(COOLING_FEATURES) | {"sample_gap_seconds"} == set(FEATURE_NAMES)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rows -> features
+
+
+@dataclass
+class PointData:
+    """Readings of the cooling series a CoolingMap names: per series, sorted times (s) and values."""
+
+    times: list[np.ndarray]
+    values: list[np.ndarray]
+
+    @classmethod
+    def empty(cls, n: int) -> PointData:
+        return cls([np.zeros(0)] * n, [np.zeros(0)] * n)
+
+    def at(self, times: np.ndarray, max_age_s: float = MAX_POINT_AGE_S) -> np.ndarray:
+        """(series, len(times)): each series' latest reading at or before each time, NaN if none or stale."""
+        out = np.full((len(self.times), len(times)), np.nan)
+        for s, (t, v) in enumerate(zip(self.times, self.values, strict=True)):
+            if not len(t):
+                continue
+            i = np.searchsorted(t, times + POINT_LOOKAHEAD_S, side="right") - 1
+            ok = (i >= 0) & (times - t[np.maximum(i, 0)] <= max_age_s)
+            out[s, ok] = v[i[ok]]
+        return out
+
+
+def assemble_rows(
+    cmap: CoolingMap,
+    gpu: np.ndarray,
+    times: np.ndarray,
+    columns: np.ndarray,
+    points: PointData,
+    *,
+    previous_time: np.ndarray | None = None,
+    max_point_age_s: float = MAX_POINT_AGE_S,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Physical FEATURES for GPU rows, and their throttle labels.
+
+    ``gpu``: (rows,) indices into ``cmap.uuids``; ``times``: epoch seconds; ``columns``: (rows,
+    len(ROW_COLUMNS)) wide-row values (NaN missing). ``previous_time``: each row's stream's previous sample
+    time (NaN if unknown) for ``sample_gap_seconds``; by default computed from the rows themselves, which must
+    then be sorted by (gpu, time). Returns ``(features (rows, F) float32, throttled (rows,) float32)``.
+    """
+    n = len(times)
+    feats = np.full((n, len(FEATURE_NAMES)), np.nan)
+    col = {name: i for i, name in enumerate(ROW_COLUMNS)}
+    for name, (column, scale) in GPU_FEATURE_COLUMNS.items():
+        feats[:, FEATURE_NAMES.index(name)] = columns[:, col[column]] * scale
+    if n and cmap.series:
+        # Points are evaluated once per distinct time (all GPUs of a scrape share one).
+        unique_t, inverse = np.unique(times, return_inverse=True)
+        values = points.at(unique_t, max_point_age_s)  # (series, unique times)
+        valid = ~np.isnan(values)
+        filled = np.where(valid, values, 0.0)
+        for name in COOLING_FEATURES:
+            w = cmap.weights[name]  # (gpus, series)
+            num = (w @ filled)[gpu, inverse]
+            den = (w @ valid)[gpu, inverse]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                value = np.where(den > 0, num / den, np.nan)
+            if name in cmap.sums:
+                value = value * w.sum(axis=1)[gpu]
+            if name in cmap.offsets:
+                value = value + cmap.offsets[name][gpu]
+            feats[:, FEATURE_NAMES.index(name)] = value
+    if previous_time is None:
+        previous_time = np.full(n, np.nan)
+        if n > 1:
+            same = gpu[1:] == gpu[:-1]
+            previous_time[1:] = np.where(same, times[:-1], np.nan)
+    feats[:, FEATURE_NAMES.index("sample_gap_seconds")] = times - previous_time
+    reasons = columns[:, col["clocks_event_reasons"]]
+    with np.errstate(invalid="ignore"):
+        throttled = np.where(
+            np.isnan(reasons), np.nan, (np.nan_to_num(reasons).astype(np.int64) & THROTTLE_REASON_MASK) != 0
+        )
+    return feats.astype(np.float32), throttled.astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------
+# Grid
+
+
+@dataclass
+class Windows:
+    """Fixed-length training/evaluation windows: inputs, positions and targets, as numpy arrays."""
+
+    features: np.ndarray  # (n, length, F)
+    positions: np.ndarray  # (n, length) int64, grid steps since the window's start
+    targets: np.ndarray  # (n, length, horizons, targets), NaN unknown
+    throttled: np.ndarray  # (n, length, horizons), NaN unknown
+    scored: np.ndarray  # (n, length) bool: positions that count in metrics (after the warm-up)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+@dataclass
+class Frames:
+    """GPU streams on one time grid: ``features`` (gpus, steps, F) with NaN missing, ``present`` (gpus,
+    steps) where a sample exists, ``throttled`` (gpus, steps) in {0, 1, NaN}. Step i is ``start_s + i *
+    interval_s``."""
+
+    uuids: list[str]
+    start_s: float
+    interval_s: float
+    features: np.ndarray
+    present: np.ndarray
+    throttled: np.ndarray
+
+    @property
+    def steps(self) -> int:
+        return self.features.shape[1]
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.steps * self.interval_s
+
+    @classmethod
+    def from_rows(cls, uuids: list[str], gpu: np.ndarray, times: np.ndarray, features: np.ndarray,
+                  throttled: np.ndarray, *, interval_s: float | None = None,
+                  start_s: float | None = None, end_s: float | None = None) -> Frames:
+        """Place rows on the grid (rounding each time to the nearest step; a later row wins a clash)."""
+        if interval_s is None:
+            interval_s = infer_interval(gpu, times)
+        if start_s is None:
+            start_s = float(times.min()) if len(times) else 0.0
+        if end_s is None:
+            end_s = float(times.max()) + interval_s if len(times) else start_s
+        steps = max(0, round((end_s - start_s) / interval_s))
+        step = np.round((times - start_s) / interval_s).astype(np.int64)
+        keep = (step >= 0) & (step < steps)
+        feats = np.full((len(uuids), steps, features.shape[1]), np.nan, dtype=np.float32)
+        present = np.zeros((len(uuids), steps), dtype=bool)
+        thr = np.full((len(uuids), steps), np.nan, dtype=np.float32)
+        g, s = gpu[keep], step[keep]
+        feats[g, s] = features[keep]
+        present[g, s] = True
+        thr[g, s] = throttled[keep]
+        return cls(list(uuids), float(start_s), float(interval_s), feats, present, thr)
+
+    def horizon_steps(self, horizons_s: Sequence[float]) -> list[int]:
+        steps = [h / self.interval_s for h in horizons_s]
+        if any(abs(s - round(s)) > 1e-6 or s < 1 for s in steps):
+            raise ValueError(f"horizons {list(horizons_s)} s are not whole multiples of the {self.interval_s:g} s grid")
+        return [round(s) for s in steps]
+
+    def targets(self, horizons_s: Sequence[float] = HORIZONS_S, targets: Sequence[str] = TARGETS,
+                limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Target values (gpus, steps, horizons, targets) and throttle labels (gpus, steps, horizons) at t + h;
+        NaN past the end of the grid or past step ``limit`` (so a training split never sees held-out data)."""
+        g, t = self.present.shape
+        limit = t if limit is None else limit
+        cols = [FEATURE_NAMES.index(name) for name in targets]
+        values = self.features[..., cols]
+        out = np.full((g, t, len(horizons_s), len(cols)), np.nan, dtype=np.float32)
+        thr = np.full((g, t, len(horizons_s)), np.nan, dtype=np.float32)
+        for i, k in enumerate(self.horizon_steps(horizons_s)):
+            n = max(0, min(t, limit) - k)
+            out[:, :n, i] = values[:, k:k + n]
+            thr[:, :n, i] = self.throttled[:, k:k + n]
+        return out, thr
+
+    def split(self, fractions: Sequence[float] = (0.7, 0.1, 0.2)) -> list[tuple[int, int]]:
+        """Step ranges [start, end) of consecutive time blocks (train, validation, test by default): the
+        held-out parts are the END of the range, never interleaved with training."""
+        total = sum(fractions)
+        bounds = np.round(np.cumsum([0, *fractions]) / total * self.steps).astype(int)
+        return [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+
+    def windows(self, begin: int, end: int, length: int, *, stride: int | None = None,
+                horizons_s: Sequence[float] = HORIZONS_S, targets: Sequence[str] = TARGETS,
+                warmup: int = 0, min_present: float = 0.5) -> Windows:
+        """Windows of ``length`` grid steps inside steps [begin, end) of every GPU, ``stride`` apart; targets
+        never reach past ``end``. Windows with less than ``min_present`` of their steps present are dropped;
+        absent steps stay in as all-NaN inputs with unknown targets."""
+        stride = stride or length
+        end = min(end, self.steps)
+        if end - begin < length:
+            length = end - begin
+        if length <= 0:
+            raise ValueError("no steps in the requested range")
+        y, thr = self.targets(horizons_s, targets, limit=end)
+        starts = np.arange(begin, end - length + 1, stride)
+        g_idx, s_idx = np.meshgrid(np.arange(self.present.shape[0]), starts, indexing="ij")
+        g_idx, s_idx = g_idx.ravel(), s_idx.ravel()
+        steps = s_idx[:, None] + np.arange(length)[None, :]  # (n, length)
+        rows = g_idx[:, None]
+        present = self.present[rows, steps]
+        keep = present.mean(axis=1) >= min_present
+        rows, steps, present = rows[keep], steps[keep], present[keep]
+        feats = self.features[rows, steps]
+        yy = np.where(present[..., None, None], y[rows, steps], np.nan).astype(np.float32)
+        tt = np.where(present[..., None], thr[rows, steps], np.nan).astype(np.float32)
+        positions = (steps - steps[:, :1]).astype(np.int64)
+        scored = np.broadcast_to(np.arange(length)[None, :] >= warmup, steps.shape) & present
+        return Windows(feats, positions, yy, tt, scored.copy())
+
+
+def infer_interval(gpu: np.ndarray, times: np.ndarray) -> float:
+    """The streams' typical sampling interval: the median gap between a GPU's consecutive samples."""
+    if len(times) < 2:
+        return 1.0
+    order = np.lexsort((times, gpu))
+    g, t = gpu[order], times[order]
+    gaps = np.diff(t)[np.diff(g) == 0]
+    gaps = gaps[gaps > 0]
+    return float(max(1.0, np.round(np.median(gaps)))) if len(gaps) else 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# From the database (Django imported here only)
+
+
+def _epoch_sql(column: str = "time") -> str:
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        return f"extract(epoch from {column})::float8"
+    return f"(julianday({column}) - 2440587.5) * 86400.0"
+
+
+def site_cooling_map(site) -> tuple[CoolingMap, dict[int, int]]:
+    """The site's CoolingMap and GPU primary key -> index into its ``uuids``."""
+    from facility.facility_file import export_facility
+    from facility.models import GPU
+
+    cmap = CoolingMap.from_facility(export_facility(site))
+    by_uuid = dict(GPU.objects.filter(node__rack__hall__site=site).values_list("uuid", "pk"))
+    return cmap, {by_uuid[u]: i for i, u in enumerate(cmap.uuids) if u in by_uuid}
+
+
+def load_points(site, cmap: CoolingMap, start_s: float, end_s: float) -> PointData:
+    """Readings of the map's series in [start_s, end_s], sorted by time."""
+    from django.db import connection
+
+    from telemetry.models import Series
+    from telemetry.storage import POINT_TABLE, to_datetime
+
+    wanted = {key: i for i, key in enumerate(cmap.series)}
+    ids = {}
+    for sid, unit, point, metric in Series.objects.filter(site=site, cooling_unit__isnull=False).values_list(
+        "pk", "cooling_unit__name", "point", "metric"
+    ):
+        if (unit, point, metric) in wanted:
+            ids[sid] = wanted[(unit, point, metric)]
+    data = PointData.empty(len(cmap.series))
+    if not ids:
+        return data
+    adapt = connection.ops.adapt_datetimefield_value
+    sql = (
+        f"SELECT series_id, {_epoch_sql()}, value FROM {POINT_TABLE} WHERE series_id IN "  # noqa: S608 — constants
+        f"({', '.join(['%s'] * len(ids))}) AND time >= %s AND time <= %s ORDER BY series_id, time"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*ids, adapt(to_datetime(start_s)), adapt(to_datetime(end_s + POINT_LOOKAHEAD_S))])
+        rows = np.array(cursor.fetchall(), dtype=float).reshape(-1, 3)
+    for sid, s in ids.items():
+        mine = rows[rows[:, 0] == sid]
+        data.times[s], data.values[s] = mine[:, 1], mine[:, 2]
+    return data
+
+
+def load_gpu_rows(gpu_ids: Sequence[int], start_s: float, end_s: float, *, after: bool = False) -> np.ndarray:
+    """(rows, 2 + len(ROW_COLUMNS)): gpu_id, epoch time, ROW_COLUMNS; sorted by (gpu, time). Rows in
+    [start_s, end_s), or (start_s, end_s] with ``after`` (the serving watermark)."""
+    from django.db import connection
+
+    from telemetry.storage import GPU_TABLE, to_datetime
+
+    if not gpu_ids:
+        return np.zeros((0, 2 + len(ROW_COLUMNS)))
+    adapt = connection.ops.adapt_datetimefield_value
+    lower, upper = (">", "<=") if after else (">=", "<")
+    sql = (
+        f"SELECT gpu_id, {_epoch_sql()}, {', '.join(ROW_COLUMNS)} FROM {GPU_TABLE} WHERE gpu_id IN "  # noqa: S608
+        f"({', '.join(['%s'] * len(gpu_ids))}) AND time {lower} %s AND time {upper} %s ORDER BY gpu_id, time"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*gpu_ids, adapt(to_datetime(start_s)), adapt(to_datetime(end_s))])
+        return np.array(cursor.fetchall(), dtype=float).reshape(-1, 2 + len(ROW_COLUMNS))
+
+
+def load_rows(site, start_s: float, end_s: float, *, cmap: CoolingMap | None = None,
+              index: dict[int, int] | None = None, gpu_ids: Sequence[int] | None = None):
+    """Stored telemetry of a site's GPUs in [start_s, end_s) as assembled rows:
+    ``(cmap, gpu index, times, features, throttled)``."""
+    if cmap is None or index is None:
+        cmap, index = site_cooling_map(site)
+    ids = list(index) if gpu_ids is None else [g for g in gpu_ids if g in index]
+    raw = load_gpu_rows(ids, start_s, end_s)
+    points = load_points(site, cmap, start_s - MAX_POINT_AGE_S, end_s)
+    lookup = np.full(max(index, default=0) + 1, -1, dtype=np.int64)
+    lookup[list(index)] = list(index.values())
+    gpu = lookup[raw[:, 0].astype(np.int64)]
+    feats, thr = assemble_rows(cmap, gpu, raw[:, 1], raw[:, 2:], points)
+    return cmap, gpu, raw[:, 1], feats, thr
+
+
+def data_range(site) -> tuple[float, float] | None:
+    """First and last sample time of a site's GPUs (epoch seconds), or None without data."""
+    from django.db import connection
+
+    from facility.models import GPU
+    from telemetry.storage import GPU_TABLE
+
+    ids = list(GPU.objects.filter(node__rack__hall__site=site).values_list("pk", flat=True))
+    if not ids:
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT MIN({_epoch_sql()}), MAX({_epoch_sql()}) FROM {GPU_TABLE} "  # noqa: S608 — constants
+            f"WHERE gpu_id IN ({', '.join(['%s'] * len(ids))})", ids,
+        )
+        lo, hi = cursor.fetchone()
+    return None if lo is None else (float(lo), float(hi))
+
+
+def load_frames(site, start_s: float | None = None, end_s: float | None = None, *,
+                interval_s: float | None = None) -> Frames:
+    """A site's stored GPU telemetry on a grid (the interval inferred from the data unless given)."""
+    if start_s is None or end_s is None:
+        span = data_range(site)
+        if span is None:
+            raise ValueError(f"no GPU telemetry stored for site {site.slug!r}")
+        start_s = span[0] if start_s is None else start_s
+        end_s = span[1] + 1e-3 if end_s is None else end_s
+    cmap, gpu, times, feats, thr = load_rows(site, start_s, end_s)
+    if not len(times):
+        raise ValueError(f"no GPU telemetry for site {site.slug!r} between {start_s} and {end_s}")
+    return Frames.from_rows(cmap.uuids, gpu, times, feats, thr, interval_s=interval_s)
+
+
+# --------------------------------------------------------------------------------------------------
+# Straight from the twin (no Django): benchmarks and fast tests
+
+
+def twin_frames(
+    facility: Mapping | None = None,
+    *,
+    hours: float = 1.0,
+    interval_s: float = 5.0,
+    seed: int = 0,
+    workload: str | Mapping[str, str] | None = None,
+    excite_every_s: float | None = 600.0,
+    sensors: bool = True,
+    warmup_s: float = 600.0,
+    start: datetime | None = None,
+    checkpoint_interval_s: float = 900.0,
+) -> Frames:
+    """Run the twin for ``hours`` and read what its sensors report every ``interval_s``, through the same
+    feature assembly as stored telemetry. ``excite_every_s`` moves one random setpoint (CRAH supply air, CDU
+    supply or pump speed, within its allowable range) that often so the data shows cooling changes; the
+    first ``warmup_s`` (the twin settling from its initial state) are run but not kept.
+    """
+    from facility.twin import Scenario, SensorConfig, SensorModel, Twin, synthetic_facility
+
+    facility = facility or synthetic_facility()
+    workload = workload or {"hall-a": "inference", "hall-b": "training"}
+    hall_names = {h["name"] for h in facility.get("halls", [])}
+    if isinstance(workload, Mapping):
+        workload = {k: v for k, v in workload.items() if k in hall_names}
+    start = start or datetime(2025, 7, 1, 8)
+    twin = Twin(facility, scenario=Scenario(workload=workload, start=start, seed=seed,
+                                            checkpoint_interval_s=checkpoint_interval_s))
+    sensor = SensorModel(SensorConfig(seed=seed)) if sensors else None
+    cmap = CoolingMap.from_facility(facility)
+    gpu_of_twin = cmap.gpu_index(twin.gpu_uuids)
+    rng = np.random.default_rng([seed, 11])
+    writable = [s for s in twin.setpoints() if s["name"] in (
+        "supply_air_temperature_setpoint", "secondary_supply_temperature_setpoint", "pump_speed_setpoint")]
+    step = max(1, round(interval_s))
+    twin.step(int(warmup_s))
+    n_reads = int(hours * 3600 / step)
+    t0 = (start + timedelta(seconds=twin.elapsed_s)).replace(tzinfo=UTC).timestamp()
+    cols = np.full((n_reads, len(cmap.uuids), len(ROW_COLUMNS)), np.nan)
+    point_values = np.full((len(cmap.series), n_reads), np.nan)
+    key_of = {metric_point: name for name, metric_point in
+              ((n, (m, p)) for n, (m, p, _) in SERIES.items())}
+    next_excite = excite_every_s
+    for r in range(n_reads):
+        twin.step(step)
+        elapsed = (r + 1) * step
+        if excite_every_s and writable and elapsed >= next_excite:
+            next_excite += excite_every_s
+            sp = writable[rng.integers(len(writable))]
+            lo, hi = sp["allowable_min"], sp["allowable_max"]
+            if sp["name"] == "pump_speed_setpoint":
+                lo, hi = max(lo, 0.5), min(hi, 1.1)
+            elif sp["name"] == "supply_air_temperature_setpoint":
+                hi = min(hi, 24.0)
+            else:
+                hi = min(hi, 35.0)
+            twin.write_setpoint(sp["unit"], sp["name"], float(np.round(rng.uniform(lo, hi), 1)))
+        gpus, units = twin.gpus(), twin.units()
+        if sensor is not None:
+            gpus, units = sensor.gpus(gpus), sensor.points(units)
+        for c, (_, (column, _scale)) in enumerate(GPU_FEATURE_COLUMNS.items()):
+            cols[r, gpu_of_twin, c] = _twin_gpu_value(gpus, column)
+        cols[r, gpu_of_twin, len(ROW_COLUMNS) - 1] = np.asarray(gpus["clocks_event_reasons"], dtype=float)
+        for s, (unit, point, metric) in enumerate(cmap.series):
+            twin_key = SERIES[key_of[(metric, point)]][2]
+            point_values[s, r] = units.get(unit, {}).get(twin_key, np.nan)
+    times = t0 + step * (np.arange(n_reads) + 1.0)
+    points = PointData([times[~np.isnan(v)] for v in point_values], [v[~np.isnan(v)] for v in point_values])
+    gpu = np.repeat(np.arange(len(cmap.uuids))[None, :], n_reads, axis=0).T.ravel()  # gpu-major order
+    row_times = np.tile(times, len(cmap.uuids))
+    row_cols = cols.transpose(1, 0, 2).reshape(-1, len(ROW_COLUMNS))
+    feats, thr = assemble_rows(cmap, gpu, row_times, row_cols, points)
+    return Frames.from_rows(cmap.uuids, gpu, row_times, feats, thr, interval_s=float(step),
+                            start_s=float(times[0]) if n_reads else t0)
+
+
+_TWIN_GPU_KEYS = {
+    "gpu_temp": "temperature_celsius", "memory_temp": "memory_temperature_celsius", "power_usage": "power_watts",
+    "sm_clock": "sm_clock_mhz", "gpu_util": "utilization_percent", "tensor_active": "tensor_active_ratio",
+}
+
+
+def _twin_gpu_value(gpus: Mapping[str, np.ndarray], column: str) -> np.ndarray:
+    return np.asarray(gpus[_TWIN_GPU_KEYS[column]], dtype=float)

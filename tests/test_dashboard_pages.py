@@ -1,0 +1,161 @@
+"""Operator pages: roles, rendering with data, JSON windows and CSV export from the same chart specs."""
+
+import csv
+import io
+import json
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from django.urls import reverse
+
+from facility import facility_file
+from facility.management.commands.seed_demo import DEMO_FILE
+from facility.models import GPU, CoolingUnit, Rack, Site
+from telemetry import views, writer
+from telemetry.buffer import get_buffer
+from telemetry.sources.twin import TwinSource, run
+
+ROLES = ("viewer", "operator", "approver", "admin")
+
+
+@pytest.fixture
+def demo(db):
+    facility_file.import_facility(facility_file.parse(DEMO_FILE.read_text()))
+    return Site.objects.get(slug="demo")
+
+
+@pytest.fixture
+def fed(redis_client, transactional_db):
+    """The demo facility with ten minutes of twin telemetry stored."""
+    redis_client.flushdb()
+    get_buffer.cache_clear()
+    facility_file.import_facility(facility_file.parse(DEMO_FILE.read_text()))
+    site = Site.objects.get(slug="demo")
+    source = TwinSource(site, start=datetime.now(UTC) - timedelta(minutes=10), sensors=False)
+    run(source, interval=10, speed=1e6, duration=590)
+    writer.drain("test", time_budget_s=60)
+    yield site
+    get_buffer.cache_clear()
+
+
+def _pages(site):
+    gpu = GPU.objects.select_related("node__rack").order_by("node__hostname", "index").first()
+    unit = CoolingUnit.objects.get(site=site, name="cdu-b1")
+    return {
+        "live": reverse("telemetry:live"),
+        "loop": reverse("telemetry:loop"),
+        "gpu": reverse("telemetry:gpu", args=[gpu.uuid]),
+        "node": reverse("telemetry:node", args=[gpu.node.hostname]),
+        "rack": reverse("telemetry:rack", args=[gpu.node.rack_id]),
+        "unit": reverse("telemetry:cooling-unit", args=[unit.pk]),
+    }
+
+
+def _config(response) -> dict:
+    match = re.search(r'<script id="fusedc-config" type="application/json">(.*?)</script>', response.content.decode(),
+                      re.S)
+    return json.loads(match.group(1))
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_role_sees_every_page(demo, role_client, role):
+    client = role_client(role)
+    for name, url in _pages(demo).items():
+        response = client.get(url)
+        assert response.status_code == 200, (name, role)
+        body = response.content.decode()
+        assert "/static/vendor/plotly/plotly.min.js" in body
+        assert not re.search(r'(src|href)="(https?:)?//', body)  # nothing from another host: no CDN
+        assert _config(response)["ws"] == "/ws/facilities/demo/live"
+    nav = client.get(reverse("telemetry:live")).context["navigation"]
+    assert {"Live", "Loop"} <= {item["label"] for item in nav}
+
+
+def test_anonymous_goes_to_login_and_no_role_is_refused(demo, client, make_user):
+    pages = _pages(demo)
+    for url in [*pages.values(), pages["gpu"] + "data", pages["gpu"] + "export.csv", reverse("telemetry:kpi-history")]:
+        response = client.get(url)
+        assert response.status_code == 302 and response["Location"].startswith(reverse("login")), url
+    client.force_login(make_user("nobody"))
+    for url in [*pages.values(), pages["rack"] + "data", pages["unit"] + "export.csv", reverse("telemetry:loop-data")]:
+        assert client.get(url).status_code == 403, url
+
+
+def test_unknown_objects_are_404(demo, role_client):
+    client = role_client("viewer")
+    assert client.get(reverse("telemetry:gpu", args=["GPU-nope"])).status_code == 404
+    assert client.get(reverse("telemetry:rack", args=[999999])).status_code == 404
+    assert client.get(reverse("telemetry:live") + "?site=nowhere").status_code == 404
+    assert client.get(reverse("telemetry:gpu", args=[GPU.objects.first().uuid]) + "data?range=bogus").status_code == 404
+
+
+def test_plotly_is_served_from_the_installed_package(demo, role_client):
+    response = role_client("viewer").get("/static/vendor/plotly/plotly.min.js")
+    assert response.status_code == 200
+    assert b"plotly.js" in b"".join(response.streaming_content)[:400]
+
+
+def test_detail_windows_and_csv_come_from_the_same_spec(fed, role_client):
+    client = role_client("viewer")
+    pages = _pages(fed)
+    for kind in ("gpu", "node", "rack", "unit"):
+        page = client.get(pages[kind])
+        charts = _config(page)["charts"]
+        assert charts and all(c["traces"] for c in charts), kind
+        data = client.get(pages[kind] + "data", {"range": "1h"}).json()
+        assert [c["id"] for c in data["charts"]] == [c["id"] for c in charts]
+        points = sum(len(t["t"]) for c in data["charts"] for t in c["traces"])
+        assert points > 0, kind
+        assert all(len(t["t"]) <= views.MAX_POINTS for c in data["charts"] for t in c["traces"])
+        export = client.get(pages[kind] + "export.csv", {"range": "1h"})
+        assert export["Content-Type"].startswith("text/csv")
+        assert "attachment" in export["Content-Disposition"]
+        rows = list(csv.DictReader(io.StringIO(export.content.decode())))
+        assert len(rows) == points, kind
+        assert {"time", "chart", "trace", "metric", "unit", "value"} <= set(rows[0])
+    gpu = client.get(pages["gpu"] + "data", {"range": "1h"}).json()
+    temps = gpu["charts"][0]["traces"][0]["v"]
+    assert temps and all(20 < t < 95 for t in temps)
+    # A custom window: only what lies in it.
+    start = datetime.now(UTC).timestamp() - 300
+    custom = client.get(pages["gpu"] + "data", {"start": start, "end": start + 120}).json()
+    ts = custom["charts"][0]["traces"][0]["t"]
+    assert ts and all(start - 1 <= t < start + 120 for t in ts), (min(ts) - start, max(ts) - start, len(ts))
+
+
+def test_kpi_history_per_hall(fed, role_client):
+    data = role_client("operator").get(reverse("telemetry:kpi-history"), {"range": "15m"}).json()
+    assert set(data["halls"]) == {"hall-a", "hall-b"}
+    assert len(data["t"]) >= 50  # ten minutes at 10 s
+    it = [v for v in data["total"]["it_power_kw"] if v is not None]
+    assert it and all(v > 100 for v in it)
+    pue = [v for v in data["total"]["pue"] if v is not None]
+    assert pue and all(1.0 < v < 2.0 for v in pue)
+    air = [v for v in data["halls"]["hall-a"]["tflops_per_kw"] if v is not None]
+    liquid = [v for v in data["halls"]["hall-b"]["tflops_per_kw"] if v is not None]
+    assert sum(liquid) / len(liquid) > sum(air) / len(air)
+
+
+def test_loop_page_takes_setpoint_annotations_from_providers(fed, role_client, monkeypatch):
+    now = datetime.now(UTC).timestamp()
+    note = {"time": now - 60, "unit": "cdu-b1", "setpoint": "secondary_supply_temperature_setpoint", "value": 26.0,
+            "state": "proposed", "text": "PID policy"}
+    monkeypatch.setattr(views, "SETPOINT_ANNOTATION_PROVIDERS", [lambda site, start, end: [note]])
+    client = role_client("viewer")
+    config = _config(client.get(reverse("telemetry:loop")))
+    assert config["annotations"] == [note]
+    names = [t["name"] for t in config["charts"][0]["traces"]]
+    assert any("cdu-b1" in n for n in names) and any("crah-a1" in n for n in names)
+    data = client.get(reverse("telemetry:loop-data"), {"range": "15m"}).json()
+    assert data["annotations"] == [note]
+    cdu = next(i for i, t in enumerate(config["charts"][0]["traces"]) if t["unit_name"] == "cdu-b1")
+    assert set(data["charts"][0]["traces"][cdu]["v"]) == {25.0}
+
+
+def test_rack_page_links_cooling_and_nodes(demo, role_client):
+    rack = Rack.objects.get(name="b-r01")
+    page = role_client("viewer").get(reverse("telemetry:rack", args=[rack.pk]))
+    body = page.content.decode()
+    assert reverse("telemetry:cooling-unit", args=[CoolingUnit.objects.get(name="cdu-b1").pk]) in body
+    assert reverse("telemetry:node", args=[rack.nodes.first().hostname]) in body

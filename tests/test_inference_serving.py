@@ -1,0 +1,208 @@
+"""The forecaster served from stored telemetry: the dataset read back from the pipeline, the serving task in a
+real Celery worker, a restart rebuilding the caches, the API's role checks, and the what-if for control."""
+
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from django.db.models import Max
+from django.test import override_settings
+
+from facility import facility_file
+from facility.models import GPU, Site
+from facility.twin import synthetic_facility
+from inference.checkpoint import save_checkpoint
+from inference.dataset import INLET_OFFSET_CONTAINED_K, load_frames
+from inference.model import FEATURE_NAMES, TelemetryForecaster
+from inference.models import Forecast, InferenceStats, ModelKind, ModelVersion
+from inference.serving import ForecastServer, forecast_effect
+from inference.training import make_config
+from telemetry import writer
+from telemetry.buffer import get_buffer
+from telemetry.models import GpuSample, PointSample, Series
+from telemetry.sources.twin import TwinSource, run
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SMALL = {"air_racks": 1, "air_nodes_per_rack": 1, "liquid_racks": 1, "liquid_nodes_per_rack": 1, "crahs": 1,
+         "cdus": 1}
+F = {name: i for i, name in enumerate(FEATURE_NAMES)}
+INTERVAL = 2.0
+
+
+@pytest.fixture
+def site(redis_client):
+    redis_client.flushdb()
+    get_buffer.cache_clear()
+    facility_file.import_facility(facility_file.parse(facility_file.dump(synthetic_facility(**SMALL))))
+    yield Site.objects.get()
+    get_buffer.cache_clear()
+
+
+@pytest.fixture
+def twin(site):
+    """The site's twin, started four minutes ago; `feed(seconds)` runs it on and stores what it reports."""
+    source = TwinSource(site, start=datetime.now(UTC) - timedelta(minutes=4), sensors=False)
+
+    def feed(seconds: float) -> float:
+        run(source, interval=INTERVAL, speed=1e6, duration=seconds)
+        writer.drain("test", time_budget_s=30)
+        return source.sim_time
+
+    source.feed = feed
+    return source
+
+
+@pytest.fixture
+def active_model(tmp_path, site):
+    """An (untrained) forecaster with a short sliding window, saved and active."""
+    import torch
+
+    torch.manual_seed(0)
+    config = make_config(INTERVAL, window=16, num_layers=2, hidden_size=32, intermediate_size=64,
+                         num_attention_heads=4)
+    model = TelemetryForecaster(config)
+    with torch.no_grad():  # a non-zero head so forecasts depend on the inputs
+        model.quantile_head.weight.normal_(0, 0.05)
+    saved = save_checkpoint(model, tmp_path, "test-forecaster")
+    return ModelVersion.objects.create(
+        name="test-forecaster", kind=ModelKind.FORECASTER, site=site, config=config.to_dict(),
+        features=list(FEATURE_NAMES), checkpoint_path=str(saved.weights), checksum_sha256=saved.sha256, active=True,
+    )
+
+
+def newest_sample():
+    return GpuSample.objects.aggregate(t=Max("time"))["t"]
+
+
+def test_dataset_from_stored_telemetry_is_aligned(twin, site):
+    end = twin.feed(40)
+    frames = load_frames(site)
+    gpus = GPU.objects.count()
+    assert frames.interval_s == INTERVAL and frames.steps == 20 and frames.present.all()
+    assert frames.end_s == pytest.approx(end + INTERVAL, abs=1e-3)
+    uuid = frames.uuids[0]
+    gpu = GPU.objects.get(uuid=uuid)
+    stored = list(GpuSample.objects.filter(gpu=gpu).order_by("time").values_list("gpu_temp", flat=True))
+    np.testing.assert_allclose(frames.features[0, :, F["gpu_temperature_celsius"]], stored, rtol=1e-5)
+    # An air-cooled GPU's inlet is its CRAH's supply air plus the containment offset, at the same scrape.
+    air = next(i for i, u in enumerate(frames.uuids) if GPU.objects.get(uuid=u).node.rack.hall.cooling_type == "air")
+    supply = Series.objects.get(cooling_unit__name="crah-a1", metric="supply_air_temperature_celsius", point="")
+    readings = list(PointSample.objects.filter(series=supply).order_by("time").values_list("value", flat=True))
+    np.testing.assert_allclose(frames.features[air, :, F["inlet_air_temperature_celsius"]],
+                               np.array(readings) + INLET_OFFSET_CONTAINED_K, rtol=1e-5)
+    assert np.isnan(frames.features[air, :, F["coolant_supply_temperature_celsius"]]).all()
+    assert len(frames.uuids) == gpus
+
+
+def test_serving_task_in_a_celery_worker_writes_forecasts(twin, active_model, celery_worker):
+    from inference.tasks import forecast_step
+
+    twin.feed(30)
+    report = forecast_step.delay().get(timeout=120)
+    gpus = GPU.objects.count()
+    assert report["model_version"] == "test-forecaster"
+    assert report["streams"] == gpus and report["prefilled"] == gpus and report["forecasts"] == 3 * gpus
+    assert Forecast.objects.count() == 3 * gpus
+    made = set(Forecast.objects.values_list("made_at", flat=True))
+    assert made == {newest_sample()}
+    forecast = Forecast.objects.filter(horizon_s=60).first()
+    assert forecast.gpu_temperature_celsius_p10 <= forecast.gpu_temperature_celsius_p50 \
+        <= forecast.gpu_temperature_celsius_p90
+    assert 0 <= forecast.throttle_probability <= 1
+    # The worker keeps its caches: the next step decodes only what is new.
+    twin.feed(6)
+    report = forecast_step.delay().get(timeout=120)
+    assert report["prefilled"] == 0 and report["advanced"] == gpus and report["tokens"] == 3 * gpus
+    assert Forecast.objects.filter(made_at=newest_sample()).count() == 3 * gpus
+    stats = InferenceStats.objects.get(worker__startswith=celery_worker["hostname"])
+    assert stats.streams == gpus and stats.cache_bytes > 0 and stats.steps_total >= 2
+
+
+def test_restart_rebuilds_the_caches_from_history(twin, active_model):
+    twin.feed(80)  # 40 samples: more than the (layers + 1) x window = 24 a rebuild reads
+    running = ForecastServer(worker="a")
+    first = running.step()
+    assert first.prefilled == GPU.objects.count() and running.cache_bytes > 0
+    # Every stream's cache holds exactly the sliding window (8 tokens), all in one batch.
+    assert list(running.groups) == [8]
+    twin.feed(20)
+    second = running.step()
+    assert second.prefilled == 0 and second.tokens == 10 * GPU.objects.count()
+    restarted = ForecastServer(worker="b")  # a fresh process: nothing held
+    rebuilt = restarted.step()
+    assert rebuilt.prefilled == GPU.objects.count()
+    assert running.last_forecasts.keys() == restarted.last_forecasts.keys()
+    for key, values in running.last_forecasts.items():
+        other = restarted.last_forecasts[key]
+        assert other["made_at"] == values["made_at"]
+        for column, value in values.items():
+            assert other[column] == pytest.approx(value, rel=1e-4, abs=1e-3), (key, column)
+    # Forecasts exist for every sample time the worker stepped at, with no gap at the restart.
+    assert Forecast.objects.values("made_at").distinct().count() == 2
+
+
+def test_quiet_streams_are_evicted_and_come_back_by_prefill(twin, active_model):
+    twin.feed(20)
+    server = ForecastServer(worker="c")
+    with override_settings(INFERENCE_EVICT_SECONDS=-1):
+        report = server.step()
+    assert report.evicted == GPU.objects.count() and not server.streams and server.cache_bytes == 0
+    twin.feed(4)
+    again = server.step()
+    assert again.prefilled == GPU.objects.count()
+
+
+def test_a_new_active_version_replaces_the_caches(twin, active_model, tmp_path):
+    twin.feed(20)
+    server = ForecastServer(worker="d")
+    server.step()
+    model = TelemetryForecaster(make_config(INTERVAL, window=12, num_layers=1, hidden_size=16,
+                                            intermediate_size=32, num_attention_heads=2))
+    saved = save_checkpoint(model, tmp_path, "next")
+    nxt = ModelVersion.objects.create(name="next", config=model.config.to_dict(), features=list(FEATURE_NAMES),
+                                      checkpoint_path=str(saved.weights), checksum_sha256=saved.sha256)
+    nxt.activate()
+    active_model.refresh_from_db()
+    assert not active_model.active
+    report = server.step()
+    assert report.model_version == "next" and report.prefilled == GPU.objects.count()
+
+
+def test_forecast_api_role_checks_and_filters(twin, active_model, role_client, client):
+    twin.feed(20)
+    ForecastServer(worker="e").step()
+    gpus = GPU.objects.count()
+    # Anonymous: 401 where a token scheme is offered (WWW-Authenticate), else 403; never data.
+    assert client.get("/api/v1/inference/forecasts").status_code in (401, 403)
+    assert client.get("/api/v1/inference/model-versions").status_code in (401, 403)
+    viewer = role_client("viewer")
+    body = viewer.get("/api/v1/inference/forecasts").json()
+    assert body["site"] == Site.objects.get().slug and len(body["forecasts"]) == 3 * gpus
+    gpu = GPU.objects.select_related("node").first()
+    one = viewer.get("/api/v1/inference/forecasts", {"gpus": f"{gpu.node.hostname}/{gpu.index}", "horizon": 60})
+    assert one.status_code == 200
+    [row] = one.json()["forecasts"]
+    assert row["gpu"] == gpu.uuid and row["horizon_s"] == 60 and row["model_version"] == "test-forecaster"
+    assert set(row["gpu_temperature_celsius"]) == {"p10", "p50", "p90"}
+    bad = viewer.get("/api/v1/inference/forecasts", {"gpus": "nope/9", "horizon": 0})
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_query"
+    assert {e["item"] for e in bad.json()["errors"]} == {"horizon"}
+    versions = viewer.get("/api/v1/inference/model-versions").json()
+    assert [v["name"] for v in versions["results"]] == ["test-forecaster"] and versions["results"][0]["active"]
+
+
+def test_forecast_effect_of_a_candidate_setpoint(twin, active_model):
+    twin.feed(40)
+    effect = forecast_effect({"cdu-b1.secondary_supply_temperature_setpoint": 32.0}, shift_measured=True)
+    liquid = set(GPU.objects.filter(node__rack__cooled_by__name="cdu-b1").values_list("uuid", flat=True))
+    assert set(effect["gpus"]) == liquid
+    entry = effect["gpus"][next(iter(liquid))]["60s"]["gpu_temperature_celsius"]
+    assert set(entry) == {"baseline", "candidate", "delta_p50"}
+    assert entry["delta_p50"] == pytest.approx(entry["candidate"]["p50"] - entry["baseline"]["p50"])
+    assert effect["summary"]["60s"]["gpus"] == len(liquid)
+    # The unchanged setpoint gives no effect at all.
+    same = forecast_effect({"cdu-b1.secondary_supply_temperature_setpoint": 25.0})
+    assert abs(same["summary"]["60s"]["max_delta_gpu_temperature_celsius"]) < 1e-4
+    with pytest.raises(ValueError, match="unknown setpoint"):
+        forecast_effect({"cdu-b1.no_such_setpoint": 1.0})
