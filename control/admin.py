@@ -128,3 +128,108 @@ class ModbusPointAdmin(admin.ModelAdmin):
     list_display = ("setpoint", "host", "port", "unit_id", "register", "readback_register", "scale", "timeout_seconds")
     search_fields = ("setpoint__name", "setpoint__cooling_unit__name", "host")
     list_select_related = ("setpoint__cooling_unit",)
+
+
+# --- Policy runs and RL model versions (control.runner, control.rl) ------------------------------------
+
+from control import runner  # noqa: E402
+from control.models import PolicyModelVersion, PolicyRun  # noqa: E402
+
+
+class StartPolicyRunForm(forms.ModelForm):
+    """Starting a run from the admin: the same checks as the API (control.runner.start_run)."""
+
+    policy = forms.ChoiceField(choices=())
+
+    class Meta:
+        model = PolicyRun
+        fields = ("site", "policy", "interval_seconds", "params")
+
+    def __init__(self, *args, **kwargs):
+        from control import policies
+
+        super().__init__(*args, **kwargs)
+        self.fields["policy"].choices = [(n, n) for n in policies.names()]
+
+    def clean(self):
+        data = super().clean()
+        if data.get("policy"):
+            try:
+                runner._instantiate(data["policy"], data.get("params") or {})
+            except changes.ControlError as exc:
+                raise forms.ValidationError(exc.message) from None
+            if data.get("site") and PolicyRun.objects.filter(site=data["site"], policy=data["policy"],
+                                                             enabled=True).exists():
+                raise forms.ValidationError(f"{data['policy']} is already running on {data['site']}")
+        return data
+
+
+@admin.register(PolicyRun)
+class PolicyRunAdmin(admin.ModelAdmin):
+    """Start a run with Add (you become the proposer of its changes); stop runs with the action."""
+
+    list_display = ("id", "site", "policy", "enabled", "interval_seconds", "started_by", "started_at",
+                    "last_run_at", "last_outcome", "runs", "proposals_filed")
+    list_filter = ("enabled", "policy", "site", "last_outcome")
+    list_select_related = ("site", "started_by")
+    form = StartPolicyRunForm
+    actions = ["stop_selected"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields] if obj is not None else []
+
+    def has_add_permission(self, request):
+        return request.user.has_perm("control.run_policy")
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_run_permission(self, request):
+        return request.user.has_perm("control.run_policy")
+
+    def save_model(self, request, obj, form, change):
+        run = runner.start_run(obj.site, obj.policy, user=request.user, interval_seconds=obj.interval_seconds,
+                               params=obj.params or {})
+        obj.pk = run.pk
+        obj.started_by, obj.started_at = run.started_by, run.started_at
+
+    @admin.action(description="Stop the selected policy runs", permissions=["run"])
+    def stop_selected(self, request, queryset):
+        stopped = 0
+        for run in queryset.filter(enabled=True):
+            try:
+                runner.stop_run(run.pk, user=request.user)
+                stopped += 1
+            except changes.ControlError as exc:
+                self.message_user(request, f"#{run.pk}: {exc.message}", messages.ERROR)
+        self.message_user(request, f"Stopped {stopped} run(s).", messages.SUCCESS)
+
+
+@admin.register(PolicyModelVersion)
+class PolicyModelVersionAdmin(admin.ModelAdmin):
+    """Trained policies are read only (the checkpoint's checksum and config must keep matching)."""
+
+    list_display = ("name", "policy", "algorithm", "active", "training_seconds", "created_at")
+    list_filter = ("policy", "algorithm", "active")
+    actions = ["activate_selected"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_activate_permission(self, request):
+        return request.user.has_perm("control.change_policymodelversion")
+
+    @admin.action(description="Make the selected version the active one", permissions=["activate"])
+    def activate_selected(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
+            return
+        version = queryset.get()
+        version.activate()
+        self.message_user(request, f"{version.name} is now the active {version.policy} model.", messages.SUCCESS)

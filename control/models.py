@@ -283,3 +283,94 @@ def _envelope_after(sender, instance, created, raw=False, **kwargs):
 
 models.signals.pre_save.connect(_envelope_before, sender=Setpoint, dispatch_uid="control.envelope_before")
 models.signals.post_save.connect(_envelope_after, sender=Setpoint, dispatch_uid="control.envelope_after")
+
+
+# --- Policy runs and learned policies (control.runner, control.rl) -------------------------------------
+
+__all__ += ("PolicyModelVersion", "PolicyRun")
+
+
+class PolicyModelVersion(models.Model):
+    """A trained control policy (offline RL): its config (network, features and envelopes it was built for),
+    the logged data it learned from, held-out metrics, and its checkpoint with the SHA-256 it must still have
+    when loaded. At most one version per policy name is active; the `rl` policy runs the active one."""
+
+    name = models.CharField(max_length=100, unique=True)
+    policy = models.CharField(max_length=64, default="rl", help_text="The registered policy that runs it.")
+    algorithm = models.CharField(max_length=16, help_text="td3bc or iql.")
+    site = models.ForeignKey(Site, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+                             help_text="Site whose facility it was trained for (empty: the demo facility file).")
+    config = models.JSONField(help_text="Checkpoint config: agent, features (halls, points, envelopes).")
+    training = models.JSONField(default=dict, blank=True, help_text="Training hyper-parameters.")
+    data = models.JSONField(default=dict, blank=True,
+                            help_text="Where the transitions came from: behaviours, climates, episodes, size.")
+    data_start = models.DateTimeField(null=True, blank=True)
+    data_end = models.DateTimeField(null=True, blank=True)
+    metrics = models.JSONField(default=dict, blank=True, help_text="Held-out offline metrics (and evaluations).")
+    training_curves = models.JSONField(default=list, blank=True)
+    training_seconds = models.FloatField(null=True, blank=True)
+    checkpoint_path = models.CharField(max_length=500)
+    checksum_sha256 = models.CharField("SHA-256", max_length=64)
+    created_at = models.DateTimeField(auto_now_add=True)
+    active = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["policy"], condition=models.Q(active=True),
+                                    name="one_active_policy_model"),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def activate(self):
+        from django.db import transaction
+
+        with transaction.atomic():
+            PolicyModelVersion.objects.select_for_update().filter(policy=self.policy, active=True).exclude(
+                pk=self.pk).update(active=False)
+            self.active = True
+            self.save(update_fields=["active"])
+
+    def load(self):
+        """(agent, feature spec, checkpoint JSON), verified against this record's checksum and config."""
+        from control.rl.checkpoint import load_checkpoint
+
+        return load_checkpoint(self.checkpoint_path, expected_sha256=self.checksum_sha256,
+                               expected_config=self.config)
+
+
+class PolicyRun(models.Model):
+    """A policy run on a schedule for one site: every `interval_seconds` (while enabled and the site's
+    controllers are not paused) the `control.tasks.run_policies` beat task builds the live state, calls the
+    policy and files its proposals as Pending changes proposed by `started_by`."""
+
+    site = models.ForeignKey(Site, on_delete=models.CASCADE, related_name="policy_runs")
+    policy = models.CharField(max_length=64, help_text="Registered policy name (control.policies).")
+    params = models.JSONField(default=dict, blank=True, help_text="Keyword arguments for the policy.")
+    enabled = models.BooleanField(default=True)
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+",
+                                   help_text="The operator who started it: the proposer of its changes.")
+    started_at = models.DateTimeField(default=timezone.now)
+    stopped_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                   related_name="+")
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    interval_seconds = models.PositiveIntegerField(default=60)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_outcome = models.CharField(max_length=16, blank=True,
+                                    help_text="proposed, nothing, paused, refused, error or stopped.")
+    last_message = models.TextField(blank=True)
+    runs = models.PositiveIntegerField(default=0)
+    proposals_filed = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["site", "policy", "-started_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["site", "policy"], condition=models.Q(enabled=True),
+                                    name="one_enabled_run_per_site_policy"),
+            models.CheckConstraint(condition=models.Q(interval_seconds__gte=10), name="policy_run_interval_min"),
+        ]
+
+    def __str__(self):
+        return f"{self.policy} on {self.site} ({'running' if self.enabled else 'stopped'})"

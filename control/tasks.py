@@ -30,3 +30,11 @@ def watch_changes() -> dict:
 @shared_task(name="control.tasks.telemetry_watchdog", **_LIMITS)
 def telemetry_watchdog() -> dict:
     return changes.telemetry_watchdog()
+
+
+@shared_task(name="control.tasks.run_policies", **_LIMITS)
+def run_policies() -> dict:
+    """Beat: every enabled policy run whose interval has passed files its proposals (control.runner)."""
+    from control.runner import run_due_policies
+
+    return run_due_policies()

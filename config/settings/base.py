@@ -165,6 +165,12 @@ CELERY_BEAT_SCHEDULE = {
     "telemetry-rollups": {"task": "telemetry.tasks.roll_up", "schedule": 30.0, "options": {"expires": 30}},
     "telemetry-retention": {"task": "telemetry.tasks.enforce_retention", "schedule": 3600.0},
     "telemetry-scrape": {"task": "telemetry.tasks.scrape_targets", "schedule": 5.0, "options": {"expires": 5}},
+    # Policy runner: each enabled PolicyRun decides when its own interval has passed (control.runner).
+    "control-policies": {"task": "control.tasks.run_policies", "schedule": 10.0, "options": {"expires": 10}},
+    # Control sweeps: expire stale proposals, watch applied changes (rollback on breach), telemetry watchdog.
+    "control-expire": {"task": "control.tasks.expire_changes", "schedule": 60.0, "options": {"expires": 60}},
+    "control-watch": {"task": "control.tasks.watch_changes", "schedule": 15.0, "options": {"expires": 15}},
+    "control-watchdog": {"task": "control.tasks.telemetry_watchdog", "schedule": 30.0, "options": {"expires": 30}},
 }
 # A worker counts as alive while its heartbeat (written from its event loop) is younger than this.
 WORKER_HEARTBEAT_INTERVAL = env.float("WORKER_HEARTBEAT_INTERVAL", default=5.0)
@@ -282,3 +288,9 @@ CONTROL_TWIN_COMMAND_TIMEOUT_SECONDS = env.float("CONTROL_TWIN_COMMAND_TIMEOUT_S
 # --- Inference ----------------------------------------------------------------------------------------
 # Trained forecaster checkpoints (safetensors + JSON); ModelVersion rows point here.
 MODEL_DIR = Path(env.str("MODEL_DIR", default=str(VAR_DIR / "models")))
+
+# --- Offline RL policy (control/rl, control/policies/rl.py) --------------------------------------------
+# `manage.py control train-rl` writes checkpoints here; PolicyModelVersion rows point at them.
+CONTROL_RL_MODEL_DIR = Path(env.str("CONTROL_RL_MODEL_DIR", default=str(MODEL_DIR / "rl")))
+# Torch threads for training and acting: 1 is fastest on small shared CPUs (more threads spin).
+CONTROL_RL_TORCH_THREADS = env.int("CONTROL_RL_TORCH_THREADS", default=1)

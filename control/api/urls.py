@@ -1,9 +1,10 @@
 from rest_framework.routers import SimpleRouter
 
-from control.api import views
+from control.api import policy_runs, views
 
 router = SimpleRouter()  # facility.api.urls serves the API root
 router.register("setpoint-changes", views.SetpointChangeViewSet)
 router.register("audit-entries", views.AuditEntryViewSet)
+router.register("policy-runs", policy_runs.PolicyRunViewSet)
 
 urlpatterns = router.urls

@@ -1,0 +1,133 @@
+"""The policy runner on a real Celery worker (queue `control`) with real PostgreSQL and Redis: runs of the
+baselines file Pending proposals from stored telemetry; paused controllers file none; the API starts and
+stops runs with the control API's error bodies."""
+
+import math
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from control import changes, runner
+from control.models import ChangeState, PolicyRun, SetpointChange
+from control.tasks import run_policies
+from control.tests.factories import build_plant, write_gpu_temps
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _plant(slug: str, temp: float = 60.0):
+    plant = build_plant(slug)
+    write_gpu_temps(plant.air_gpus + plant.liquid_gpus, temp, timezone.now())
+    return plant
+
+
+def test_state_from_database_reads_telemetry_and_setpoints(make_user):
+    plant = _plant("st", temp=70.0)
+    write_gpu_temps(plant.liquid_gpus, 50.0, timezone.now())
+    state = runner.state_from_database(plant.site)
+    air, liquid = state.halls["hall-a"], state.halls["hall-b"]
+    assert (air.gpus, air.gpu_temperature_max_c, air.margin_to_slowdown_k) == (2, 70.0, 19.0)
+    assert (liquid.cooling_type, liquid.gpu_temperature_mean_c) == ("liquid", 50.0)
+    sp = state.setpoints[("crah-a1", "supply_air_temperature_setpoint")]
+    assert (sp.command, sp.value, sp.since_change_s) == (18.0, 18.0, math.inf)
+    assert sp.envelope.max_step == 1.0 and sp.envelope.hall == "hall-a"
+    assert math.isnan(state.outdoor_wet_bulb_c)  # no weather station: policies leave the towers alone
+
+
+def test_runs_file_pending_proposals_on_the_worker(celery_worker, make_user):
+    operator = make_user("runner-op", "operator")
+    fixed_plant, trim_plant, paused_plant = _plant("rf"), _plant("rt"), _plant("rp")
+    for plant in (fixed_plant, paused_plant):  # away from the fixed baseline's 18 °C / 25 °C
+        plant.crah_sat.value, plant.cdu_supply.value = 20.0, 28.0
+        plant.crah_sat.save()
+        plant.cdu_supply.save()
+    fixed = runner.start_run(fixed_plant.site, "fixed", user=operator, interval_seconds=60)
+    trim = runner.start_run(trim_plant.site, "trim_respond", user=operator, interval_seconds=60)
+    paused = runner.start_run(paused_plant.site, "fixed", user=operator, interval_seconds=60)
+    changes.pause_controllers(paused_plant.site, "test pause", automatic=False)
+
+    result = run_policies.apply_async().get(timeout=60)
+    assert result["ran"] == 3
+
+    by_site = lambda plant: SetpointChange.objects.filter(setpoint__cooling_unit__site=plant.site)  # noqa: E731
+    made = {c.setpoint.name: c for c in by_site(fixed_plant)}
+    assert set(made) == {"supply_air_temperature_setpoint", "secondary_supply_temperature_setpoint"}
+    assert made["supply_air_temperature_setpoint"].to_value == 19.0  # one max step toward 18
+    assert made["secondary_supply_temperature_setpoint"].to_value == 26.0
+    for c in made.values():
+        assert (c.state, c.policy, c.proposed_by, c.origin) == (ChangeState.PENDING, "fixed", operator, "policy")
+        assert c.rationale.startswith("fixed baseline setpoint (policy clipped its request")
+    trimmed = {c.setpoint.name: c for c in by_site(trim_plant)}
+    assert trimmed["supply_air_temperature_setpoint"].to_value == pytest.approx(18.2)  # trim: 29 K to slowdown
+    assert trimmed["secondary_supply_temperature_setpoint"].to_value == pytest.approx(25.5)
+    assert trimmed["chilled_water_supply_temperature_setpoint"].to_value == pytest.approx(10.5)
+    assert all(c.state == ChangeState.PENDING and c.policy == "trim_respond" for c in trimmed.values())
+    assert "trim" in trimmed["supply_air_temperature_setpoint"].rationale
+    assert not by_site(paused_plant).exists()
+
+    runs = {r.pk: r for r in PolicyRun.objects.all()}
+    assert runs[fixed.pk].last_outcome == "proposed" and runs[fixed.pk].proposals_filed == 2
+    assert runs[trim.pk].last_outcome == "proposed" and runs[trim.pk].proposals_filed == 3
+    assert runs[paused.pk].last_outcome == "paused" and runs[paused.pk].proposals_filed == 0
+
+    # Not due again within the interval.
+    assert run_policies.apply_async().get(timeout=60)["ran"] == 0
+    # Due later: points with a pending change are skipped, not buried under new proposals.
+    later = timezone.now() + timedelta(seconds=61)
+    write_gpu_temps(fixed_plant.air_gpus + fixed_plant.liquid_gpus, 60.0, later)
+    out = runner.run_due_policies(now=later)
+    fixed_result = next(r for r in out["results"] if r["run"] == fixed.pk)
+    assert fixed_result["outcome"] == "nothing" and "skipped 2 with an open change" in fixed_result["message"]
+    assert by_site(fixed_plant).count() == 2
+
+    # Stopped runs do not run.
+    runner.stop_run(fixed.pk, user=operator)
+    out = runner.run_due_policies(now=later + timedelta(seconds=120))
+    assert fixed.pk not in [r["run"] for r in out["results"]]
+
+
+def test_starter_without_permission_stops_the_run(make_user):
+    operator = make_user("runner-op2", "operator")
+    plant = _plant("rs")
+    plant.crah_sat.value = 20.0
+    plant.crah_sat.save()
+    run = runner.start_run(plant.site, "fixed", user=operator)
+    operator.groups.clear()
+    out = runner.run_due_policies()
+    assert out["results"][0]["outcome"] == "stopped"
+    run.refresh_from_db()
+    assert not run.enabled and not SetpointChange.objects.exists()
+
+
+def test_policy_runs_api(role_client, make_user):
+    plant = _plant("ra")
+    viewer = role_client("viewer")
+    assert viewer.get("/api/v1/policy-runs/").status_code == 200
+    r = viewer.post("/api/v1/policy-runs/", {"site": "ra", "policy": "fixed"}, content_type="application/json")
+    assert r.status_code == 403 and r.json()["code"] == "permission_denied"
+    viewer.logout()
+
+    client = role_client("operator")
+    r = client.post("/api/v1/policy-runs/", {"site": "ra", "policy": "fixed", "interval_seconds": 30},
+                    content_type="application/json")
+    assert r.status_code == 201, r.json()
+    body = r.json()
+    assert (body["site"], body["policy"], body["enabled"], body["started_by"], body["interval_seconds"]) == (
+        "ra", "fixed", True, "user-operator", 30)
+    again = client.post("/api/v1/policy-runs/", {"site": "ra", "policy": "fixed"}, content_type="application/json")
+    assert again.status_code == 409 and again.json()["code"] == "already_running"
+    bad = client.post("/api/v1/policy-runs/", {"site": "ra", "policy": "nope"}, content_type="application/json")
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid"
+    short = client.post("/api/v1/policy-runs/", {"site": "ra", "policy": "pid", "interval_seconds": 1},
+                        content_type="application/json")
+    assert short.status_code == 400 and short.json()["errors"][0]["item"] == "interval_seconds"
+    rl = client.post("/api/v1/policy-runs/", {"site": "ra", "policy": "rl"}, content_type="application/json")
+    assert rl.status_code == 422 and rl.json()["code"] == "policy_unavailable"
+    listed = client.get("/api/v1/policy-runs/?site=ra&enabled=true").json()["results"]
+    assert [x["id"] for x in listed] == [body["id"]]
+    stop = client.post(f"/api/v1/policy-runs/{body['id']}/stop/")
+    assert stop.status_code == 200 and stop.json()["enabled"] is False and stop.json()["stopped_by"] == "user-operator"
+    assert client.post(f"/api/v1/policy-runs/{body['id']}/stop/").json()["code"] == "invalid_state"
+    assert client.post("/api/v1/policy-runs/999999/stop/").status_code == 404
+    assert plant.site.policy_runs.count() == 1
