@@ -39,6 +39,10 @@ def _token(scope) -> str | None:
 
 
 class IngestStreamConsumer(WebsocketConsumer):
+    # Each frame is answered on its own socket; no groups, so no channel-layer subscription to tear down
+    # (an alias that names no layer gives None, as the live consumer does too).
+    channel_layer_alias = "fusedc-ingest-stream-needs-no-channel-layer"
+
     def connect(self):
         token = _token(self.scope)
         self.source = Source.authenticate(token) if token else None
