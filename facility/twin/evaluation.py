@@ -39,6 +39,7 @@ from .state import (
     EnvelopeGuard,
     PolicyContext,
     PolicyLike,
+    TwinWhatIf,
     envelopes_from_layout,
     state_from_twin,
 )
@@ -172,7 +173,8 @@ def evaluate(policy: PolicyLike, facility: Mapping | Layout, days: float = 1.0, 
     envelopes = envelopes_from_layout(layout)
     guard = EnvelopeGuard(twin, envelopes)
     interval = float(policy.decision_interval_s)
-    policy.reset(PolicyContext(envelopes, {h.name: h.cooling_type for h in layout.halls}, interval, seed))
+    policy.reset(PolicyContext(envelopes, {h.name: h.cooling_type for h in layout.halls}, interval, seed,
+                               predictor=TwinWhatIf(twin)))
     meter = Meter(twin)
     total_s = round(days * 86400)
     t_start = twin.elapsed_s

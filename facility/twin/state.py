@@ -16,6 +16,7 @@ less than `min_dwell_seconds` ago is held. Missing fields do not limit.
 
 from __future__ import annotations
 
+import copy
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -173,6 +174,22 @@ class PolicyContext:
     hall_types: dict[str, str]
     decision_interval_s: float
     seed: int = 0
+    # What-if access for model-predictive policies (None where a run has none): an object whose `copy()`
+    # returns an independent copy of the plant at its current state - a `TwinWhatIf` in twin runs.
+    predictor: Any = None
+
+
+class TwinWhatIf:
+    """`PolicyContext.predictor` of a twin run: `copy()` is a deep copy of the live twin to step without
+    touching the run (sharing what never changes in a twin's life: layout, profile, scenario, weather)."""
+
+    def __init__(self, twin):
+        self._twin = twin
+
+    def copy(self):
+        tw = self._twin
+        shared = (tw.layout, tw.profile, tw.scenario, tw.weather, tw.gpu_info)
+        return copy.deepcopy(tw, {id(x): x for x in shared if x is not None})
 
 
 class PolicyLike(Protocol):
