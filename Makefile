@@ -25,6 +25,8 @@ install-dev: $(VENV)/.dev
 demo: install
 	$(MANAGE) migrate --noinput -v 0
 	$(MANAGE) seed_demo
+	@# First run only: two hours of twin telemetry and a demo-size forecaster (about two minutes on 2 cores).
+	$(MANAGE) inference train --unless-active --generate-twin-hours 2 --epochs 8
 	$(MANAGE) serve --host 127.0.0.1 --port 8000
 
 ## test: the whole suite, on real PostgreSQL, Redis, Celery worker (and Chromium for pages)

@@ -19,9 +19,12 @@ twins: dict = {}
 
 
 def _beat_loop():
-    from celery import current_app
     from django.conf import settings
 
+    from config.celery_app import app
+
+    # Celery discovers each app's tasks module lazily (when a worker starts); import them now, as a worker would.
+    app.loader.import_default_modules()
     schedule = settings.CELERY_BEAT_SCHEDULE
     due = dict.fromkeys(schedule, 0.0)
     while not stop.is_set():
@@ -31,7 +34,7 @@ def _beat_loop():
                 continue
             due[name] = now + float(entry["schedule"])
             try:
-                current_app.tasks[entry["task"]].apply(args=entry.get("args", ()), kwargs=entry.get("kwargs", {}))
+                app.tasks[entry["task"]].apply(args=entry.get("args", ()), kwargs=entry.get("kwargs", {}))
             except Exception:
                 log.exception("in-process task %s failed", name)
             finally:
@@ -49,6 +52,18 @@ def _twin_loop(source, speed: float):
         connection.close()
 
 
+def _twin_start(site, backfill_minutes: float) -> datetime:
+    """Backfill `backfill_minutes`, but never over telemetry already stored: a restarted demo (or one after
+    `inference train --generate-twin-hours`) continues the site's history instead of writing it twice."""
+    from django.db.models import Max
+
+    from telemetry.models import GpuSample
+
+    begin = datetime.now(UTC) - timedelta(minutes=backfill_minutes)
+    newest = GpuSample.objects.filter(gpu__node__rack__hall__site=site).aggregate(t=Max("time"))["t"]
+    return max(begin, newest + timedelta(seconds=1)) if newest else begin
+
+
 def start(*, twin: bool = True, backfill_minutes: float = 30, speed: float = 60, profile: str = "seed"):
     """Start the in-process beat and, unless disabled, a twin per site backfilling the last `backfill_minutes`."""
     from facility.models import Site
@@ -56,9 +71,8 @@ def start(*, twin: bool = True, backfill_minutes: float = 30, speed: float = 60,
 
     threads = [threading.Thread(target=_beat_loop, name="fusedc-beat", daemon=True)]
     if twin:
-        begin = datetime.now(UTC) - timedelta(minutes=backfill_minutes)
         for site in Site.objects.all():
-            source = TwinSource(site, profile=profile, start=begin)
+            source = TwinSource(site, profile=profile, start=_twin_start(site, backfill_minutes))
             twins[site.slug] = source
             threads.append(threading.Thread(target=_twin_loop, args=(source, speed), name=f"fusedc-twin-{site.slug}",
                                             daemon=True))

@@ -24,4 +24,5 @@ urlpatterns = [
     path("", include("facility.urls")),
     path("", include("control.urls")),
     path("", include("telemetry.urls")),
+    path("", include("inference.urls")),
 ]

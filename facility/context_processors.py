@@ -8,6 +8,7 @@ NAVIGATION = [
     ("Approvals", "control:approvals", "control.view_setpointchange"),
     ("Live", "telemetry:live", "telemetry.view_gpusample"),
     ("Loop", "telemetry:loop", "telemetry.view_gpusample"),
+    ("Models", "inference:models", "inference.view_modelversion"),
 ]
 
 

@@ -69,16 +69,18 @@ def test_every_role_sees_every_page(demo, role_client, role):
         assert not re.search(r'(src|href)="(https?:)?//', body)  # nothing from another host: no CDN
         assert _config(response)["ws"] == "/ws/facilities/demo/live"
     nav = client.get(reverse("telemetry:live")).context["navigation"]
-    assert {"Live", "Loop"} <= {item["label"] for item in nav}
+    assert {"Live", "Loop", "Models"} <= {item["label"] for item in nav}
 
 
 def test_anonymous_goes_to_login_and_no_role_is_refused(demo, client, make_user):
     pages = _pages(demo)
-    for url in [*pages.values(), pages["gpu"] + "data", pages["gpu"] + "export.csv", reverse("telemetry:kpi-history")]:
+    for url in [*pages.values(), pages["gpu"] + "data", pages["gpu"] + "export.csv", reverse("telemetry:kpi-history"),
+                reverse("inference:models")]:
         response = client.get(url)
         assert response.status_code == 302 and response["Location"].startswith(reverse("login")), url
     client.force_login(make_user("nobody"))
-    for url in [*pages.values(), pages["rack"] + "data", pages["unit"] + "export.csv", reverse("telemetry:loop-data")]:
+    for url in [*pages.values(), pages["rack"] + "data", pages["unit"] + "export.csv", reverse("telemetry:loop-data"),
+                reverse("inference:models"), reverse("inference:model-data")]:
         assert client.get(url).status_code == 403, url
 
 

@@ -206,3 +206,67 @@ def test_forecast_effect_of_a_candidate_setpoint(twin, active_model):
     assert abs(same["summary"]["60s"]["max_delta_gpu_temperature_celsius"]) < 1e-4
     with pytest.raises(ValueError, match="unknown setpoint"):
         forecast_effect({"cdu-b1.no_such_setpoint": 1.0})
+
+
+def _page_config(response) -> dict:
+    import json
+    import re
+
+    match = re.search(r'<script id="fusedc-config" type="application/json">(.*?)</script>', response.content.decode(),
+                      re.S)
+    return json.loads(match.group(1))
+
+
+def test_model_page_shows_the_active_version_and_live_error(twin, active_model, role_client, client):
+    from django.urls import reverse
+
+    active_model.training_curves = [{"epoch": 1, "train_loss": 0.9, "val_loss": 0.8},
+                                    {"epoch": 2, "train_loss": 0.7, "val_loss": 0.75}]
+    active_model.metrics = {"horizons": {"60s": {"gpu_temperature_celsius": {"mae": 0.5, "persistence_mae": 1.5}}},
+                            "split": {"best_epoch": 2}}
+    active_model.save()
+    server = ForecastServer(worker="page")
+    twin.feed(40)
+    server.step()
+    for _ in range(40):  # 80 s more, one step per sample: forecasts whose +10 s and +60 s are now measured
+        twin.feed(INTERVAL)
+        server.step()
+    url = reverse("inference:models")
+    assert client.get(url).status_code == 302  # anonymous: to the login page
+    assert role_client("viewer").get(url).status_code == 200
+    response = client.get(url)
+    assert b"test-forecaster" in response.content
+    config = _page_config(response)
+    assert config["curves"]["best_epoch"] == 2 and len(config["curves"]["active"]) == 2
+    assert config["errors"]["active"]["gpu_temperature_celsius"]["60s"]["mae"] == 0.5
+    gpus = GPU.objects.count()
+    (cache,) = config["cache"]
+    assert cache["worker"] == "page" and cache["streams"] == gpus
+    # The MHA-equivalent cache for the same streams is larger by the per-token ratio of the shapes.
+    assert cache["mha_bytes"] > 4 * cache["bytes"] > 0
+    # The JSON window: forecasts at their valid times, the measured series, and a live MAE per horizon.
+    gpu = GPU.objects.get(uuid=config["gpu"])
+    data = client.get(reverse("inference:model-data"), {"gpu": gpu.uuid, "range": "15m"}).json()
+    assert set(data["horizons"]) == {"10", "60", "300"}
+    ten = data["horizons"]["10"]
+    assert len(ten["valid_at"]) == len(ten["targets"]["gpu_temperature_celsius"]["p50"]) >= 40
+    err = ten["errors"]["gpu_temperature_celsius"]
+    assert err["n"] >= 30 and err["mae"] >= 0 and err["persistence_mae"] >= 0
+    assert data["horizons"]["300"]["errors"]["gpu_temperature_celsius"]["n"] == 0  # nothing is 300 s old yet
+    assert len(data["measured"]["gpu_temperature_celsius"]["t"]) > 40
+    # Bad queries: 400 naming the parameter.
+    bad = client.get(reverse("inference:model-data"), {"gpu": "nope", "range": "1h"})
+    assert bad.status_code == 400 and bad.json()["errors"][0]["item"] == "gpu"
+    bad = client.get(reverse("inference:model-data"), {"gpu": gpu.uuid, "range": "1y"})
+    assert bad.status_code == 400 and bad.json()["errors"][0]["item"] == "range"
+
+
+def test_model_page_without_a_model_says_how_to_train_one(site, role_client):
+    from django.urls import reverse
+
+    response = role_client("operator").get(reverse("inference:models"))
+    assert response.status_code == 200 and b"No active forecaster" in response.content
+    assert b"fusedc-config" not in response.content
+    from django.test import Client
+
+    assert Client().get(reverse("inference:model-data"), {"gpu": "x"}).status_code == 302  # anonymous: log in

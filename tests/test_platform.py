@@ -99,3 +99,56 @@ def test_openapi_schema_builds_without_warnings():
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_embedded_demo_serves_with_its_in_process_workers(tmp_path):
+    """`make demo`'s path on the embedded default (SQLite, no Redis, in-process beat and twin): telemetry is
+    stored by the in-process writer, rolled up, and no scheduled task fails (each must be registered)."""
+    import json
+    import sqlite3
+    import time
+    import urllib.request
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")}
+    env.update(FUSEDC_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="config.settings.local")
+    manage = [sys.executable, "manage.py"]
+    for command in (["migrate", "--noinput", "-v", "0"], ["seed_demo", "--no-users"]):
+        subprocess.run([*manage, *command], cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    with socket_port() as port:
+        log = tmp_path / "serve.log"
+        with open(log, "w") as out:
+            server = subprocess.Popen([*manage, "serve", "--port", str(port), "--backfill-minutes", "3"], cwd=REPO,
+                                      env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            db = sqlite3.connect(tmp_path / "fusedc.sqlite3", timeout=30)
+            deadline, stored, rolled = time.monotonic() + 120, 0, 0
+            while time.monotonic() < deadline and not (stored > 256 * 60 and rolled):
+                time.sleep(2)
+                stored = db.execute("SELECT COUNT(*) FROM telemetry_gpusample").fetchone()[0]
+                rolled = db.execute("SELECT COUNT(*) FROM telemetry_gpurollup").fetchone()[0]
+            health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10))  # noqa: S310
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    text = log.read_text()
+    import re
+
+    failures = re.findall(r"in-process task (\S+) failed\n(?:.*\n){0,40}?(\w+(?:\.\w+)*(?:Error|Exception|NotRegistered)\b.*)", text)
+    assert not failures, failures
+    assert stored > 256 * 60 and rolled > 0
+    assert health["status"] == "ok" and health["checks"]["celery"]["mode"].startswith("in-process")
+
+
+class socket_port:
+    """A free TCP port on 127.0.0.1 (bound and released on entry)."""
+
+    def __enter__(self):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    def __exit__(self, *exc):
+        return False

@@ -96,9 +96,11 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'f
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # The embedded default writes telemetry from a thread while pages read: WAL lets both proceed.
+    # The embedded default writes telemetry from a thread while pages read: WAL lets both proceed. Writers
+    # from several threads (writer, twin, beat, requests) take the write lock when a transaction begins
+    # (IMMEDIATE), so they wait up to `timeout` instead of failing with "database is locked" on upgrade.
     DATABASES["default"]["OPTIONS"] = {"init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-                                       "timeout": 20}
+                                       "timeout": 20, "transaction_mode": "IMMEDIATE"}
 # Series' uniqueness treats NULL units as equal on PostgreSQL; SQLite (embedded) cannot express it.
 SILENCED_SYSTEM_CHECKS = ["models.W047"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

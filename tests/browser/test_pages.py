@@ -126,7 +126,7 @@ def test_range_picker_and_csv_export(login, live_site):
 
 def test_user_without_role_is_refused(login, live_site, browser):
     page = login(None)
-    for url in ("/live/", "/loop/", _detail_urls(live_site["site"])["gpu"]):
+    for url in ("/live/", "/loop/", "/models/", _detail_urls(live_site["site"])["gpu"]):
         assert page.goto(url).status == 403
     # The socket refuses too, with the code the page shows ("no permission").
     code = page.evaluate("""() => new Promise(resolve => {
@@ -138,3 +138,59 @@ def test_user_without_role_is_refused(login, live_site, browser):
     anonymous.goto("/live/")
     assert "/login/" in anonymous.url
     anonymous.context.close()
+
+
+
+@pytest.fixture(scope="module")
+def served_forecaster(live_site, django_db_blocker, tmp_path_factory):
+    """An active (untrained) forecaster served from the live plant for 25 s, committed for the server to see."""
+    import time
+
+    import torch
+
+    from inference.checkpoint import save_checkpoint
+    from inference.model import TelemetryForecaster
+    from inference.models import ModelKind, ModelVersion
+    from inference.serving import ForecastServer
+    from inference.training import make_config
+
+    torch.manual_seed(0)
+    config = make_config(1.0, window=32, num_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4)
+    saved = save_checkpoint(TelemetryForecaster(config), tmp_path_factory.mktemp("models"), "browser-forecaster")
+    targets = ("gpu_temperature_celsius", "sm_clock_megahertz", "power_watts")
+    with django_db_blocker.unblock():
+        version = ModelVersion.objects.create(
+            name="browser-forecaster", kind=ModelKind.FORECASTER, site=live_site["site"], config=config.to_dict(),
+            features=list(config.features), checkpoint_path=str(saved.weights), checksum_sha256=saved.sha256,
+            training_curves=[{"epoch": e, "train_loss": 1 / e, "val_loss": 1.1 / e} for e in range(1, 6)],
+            metrics={"horizons": {f"{h}s": {t: {"mae": 0.1 * h ** 0.5, "persistence_mae": 0.2 * h ** 0.5}
+                                            for t in targets} for h in (10, 60, 300)},
+                     "split": {"best_epoch": 4}},
+            active=True)
+        server = ForecastServer(worker="browser")
+        deadline = time.monotonic() + 25  # the plant runs at 30x: 25 s of steps cover over 10 minutes of it
+        while time.monotonic() < deadline:
+            server.step()
+            time.sleep(1)
+    return version
+
+
+def test_model_page_draws_forecasts_against_measurements(login, served_forecaster):
+    """The active forecaster served from the live plant: curves, cache memory, forecast bands and errors."""
+    page = login("approver")
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    assert page.goto("/models/").status == 200
+    assert page.locator("#active-version", has_text="browser-forecaster").count() == 1
+    for chart in ("chart-curves", "chart-cache", "chart-forecast-gpu_temperature_celsius",
+                  "chart-error-gpu_temperature_celsius"):
+        page.wait_for_selector(f"#{chart} .main-svg", timeout=WAIT_MS)
+    page.click("#horizon-picker button[data-horizon='10']")
+    page.wait_for_function("(document.getElementById('chart-forecast-gpu_temperature_celsius').data[2] || {x: []})"
+                           ".x.length > 5", timeout=WAIT_MS)
+    measured = page.evaluate("document.getElementById('chart-forecast-gpu_temperature_celsius').data[3].x.length")
+    assert measured > 20
+    cache = page.evaluate("document.getElementById('chart-cache').data.map(t => t.x[0])")
+    assert cache[1] > 4 * cache[0] > 0  # MHA would need several times the MLA cache for the same streams
+    assert not errors
+    page.screenshot(path=str(SCREENSHOTS / "approver-models.png"), full_page=True)

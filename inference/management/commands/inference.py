@@ -44,6 +44,8 @@ class Command(BaseCommand):
         train.add_argument("--model-dir", help="Checkpoint directory (default settings.MODEL_DIR).")
         train.add_argument("--name", help="Version name (default SITE-ATTENTION-TIMESTAMP).")
         train.add_argument("--no-activate", action="store_true")
+        train.add_argument("--unless-active", action="store_true",
+                           help="Do nothing when a version of this kind is already active (make demo's first run).")
         train.add_argument("--generate-twin-hours", type=float, default=0,
                            help="First run the twin this many hours through the pipeline (make-dataset).")
         make = actions.add_parser("make-dataset",
@@ -74,11 +76,16 @@ class Command(BaseCommand):
 
     # -- train --------------------------------------------------------------------------------------------
     def train(self, site, attention, epochs, start, end, window, max_windows, batch_size, seed, threads,
-              model_dir, name, no_activate, generate_twin_hours, **_):
+              model_dir, name, no_activate, generate_twin_hours, unless_active, **_):
         from inference.checkpoint import CheckpointError
+        from inference.models import ModelKind, ModelVersion
         from inference.training import FitSettings, train_site
 
         site = self._site(site)
+        kind = ModelKind.FORECASTER if attention == "mla" else ModelKind.MHA_BASELINE
+        if unless_active and (current := ModelVersion.objects.filter(kind=kind, active=True).first()):
+            self.stdout.write(f"{current.name} is active; not training (drop --unless-active to train anyway)")
+            return
         if generate_twin_hours:
             self.make_dataset(site.slug, generate_twin_hours, 5.0, 300.0, "hall-a=inference,hall-b=training", seed)
         settings = FitSettings(epochs=epochs, window=window, stride=window // 2, warmup=window // 4,
