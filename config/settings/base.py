@@ -287,6 +287,17 @@ CONTROL_ACTUATOR = env.str("CONTROL_ACTUATOR", default="auto")
 # Production twin actuator: commands go over Redis to `manage.py twin run`; wait this long for its answer.
 CONTROL_TWIN_COMMAND_TIMEOUT_SECONDS = env.float("CONTROL_TWIN_COMMAND_TIMEOUT_SECONDS", default=5.0)
 
+# The `llm` control policy (control/policies/llm.py). Empty LLM_BASE_URL: the embedded Gemma 3 270M
+# (requirements-llm.txt) through llama-cpp-python; else an OpenAI-compatible endpoint (".../v1").
+LLM_BASE_URL = env.str("LLM_BASE_URL", default="")
+LLM_MODEL = env.str("LLM_MODEL", default="")
+LLM_API_KEY = env.str("LLM_API_KEY", default="")
+LLM_TIMEOUT_SECONDS = env.float("LLM_TIMEOUT_SECONDS", default=60.0)
+# auto (OpenAI json_schema, falling back once to llama-cpp-python's json_object + schema), json_schema, json_object
+LLM_RESPONSE_FORMAT = env.str("LLM_RESPONSE_FORMAT", default="auto")
+# A .gguf to run instead of the packaged Gemma 3 270M.
+LLM_MODEL_PATH = env.str("LLM_MODEL_PATH", default="")
+
 # --- Inference ----------------------------------------------------------------------------------------
 # Trained forecaster checkpoints (safetensors + JSON); ModelVersion rows point here.
 MODEL_DIR = Path(env.str("MODEL_DIR", default=str(VAR_DIR / "models")))

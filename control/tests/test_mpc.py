@@ -84,7 +84,7 @@ def _raises_supply(state, proposals, hall):
 
 
 def test_registered():
-    assert "mpc" in policies.names()
+    assert {"mpc", "llm"} <= set(policies.names())
     assert policies.get("mpc").decision_interval_s == 30.0
 
 
