@@ -5,6 +5,8 @@ class ControlConfig(AppConfig):
     name = "control"
 
     def ready(self):
+        from control import access_log  # noqa: F401 - connects the sign-in and token-use audit receivers
+
         # The loop page (telemetry) shows setpoint changes without importing control: we register with it.
         from control.annotations import setpoint_change_annotations
         from telemetry import views

@@ -142,6 +142,10 @@ class AuditAction(models.TextChoices):
     AUTONOMY_CHANGED = "autonomy_changed", "Autonomy changed"
     PAUSED = "paused", "Controllers paused"
     RESUMED = "resumed", "Controllers resumed"
+    LOGIN = "login", "Signed in"
+    LOGIN_FAILED = "login_failed", "Sign-in failed"
+    LOGOUT = "logout", "Signed out"
+    TOKEN_USED = "token_used", "API token used"
 
 
 class AuditEntry(models.Model):

@@ -88,3 +88,37 @@ def test_repeated_login_failures_lock_the_account(client, make_user):
     assert AccessAttempt.objects.get(username="dave").failures_since_start >= 5
     other = make_user("erin", "viewer")  # other accounts are not affected
     assert client.post(reverse("login"), {"username": "erin", "password": other.raw_password}).status_code == 302
+
+
+def test_sign_ins_sign_outs_failures_and_token_use_are_audited(client, make_user, demo):
+    from control.models import AuditAction, AuditEntry
+
+    user = make_user("dora", "viewer")
+    assert client.post(reverse("login"), {"username": "dora", "password": "wrong"}).status_code == 200
+    client.post(reverse("login"), {"username": "dora", "password": user.raw_password})
+    client.post(reverse("logout"))
+    access = [AuditAction.LOGIN, AuditAction.LOGIN_FAILED, AuditAction.LOGOUT]
+    entries = list(AuditEntry.objects.filter(action__in=access).order_by("id").values_list("action", "actor_label",
+                                                                                           "actor"))
+    assert entries == [(AuditAction.LOGIN_FAILED, "dora", None), (AuditAction.LOGIN, "dora", user.pk),
+                           (AuditAction.LOGOUT, "dora", user.pk)]
+    failed = AuditEntry.objects.get(action=AuditAction.LOGIN_FAILED)
+    assert "wrong" not in str(failed.data) and failed.data["ip"] == "127.0.0.1"
+
+    token = _create_token(client, user, "viewer").context["new_token"]
+    for _ in range(3):  # a burst of requests is one entry (once per token per minute)
+        assert _api(client, token).status_code == 200
+    used = AuditEntry.objects.filter(action=AuditAction.TOKEN_USED)
+    assert used.count() == 1
+    entry = used.get()
+    assert entry.actor == user and "/api/v1/gpus/" in entry.message and token not in entry.message
+    assert entry.data["token_prefix"] == ApiToken.objects.get().token_prefix
+    ApiToken.objects.update(last_used_at=timezone.now() - timedelta(minutes=2))
+    _api(client, token)
+    assert used.count() == 2
+    # The log is append-only through the API too: no write methods on audit entries.
+    client.force_login(make_user("erin", "admin"))
+    # (403: no role holds a change or delete permission on it; the read-only viewset has no such method either.)
+    assert client.delete(f"/api/v1/audit-entries/{entry.pk}/").status_code == 403
+    assert client.patch(f"/api/v1/audit-entries/{entry.pk}/", {}, content_type="application/json").status_code == 403
+    assert AuditEntry.objects.filter(pk=entry.pk).exists()

@@ -13,6 +13,7 @@ from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 
 from control import runner
+from control.api.filters import PolicyRunFilter
 from control.api.serializers import ControlErrorSerializer
 from control.api.views import ControlViewSetMixin
 from control.models import PolicyRun
@@ -66,17 +67,8 @@ class PolicyRunViewSet(ControlViewSetMixin, mixins.ListModelMixin, mixins.Retrie
     queryset = PolicyRun.objects.select_related("site", "started_by", "stopped_by")
     serializer_class = PolicyRunSerializer
     permission_classes = [ViewPolicyRunPermission]
-
-    def get_queryset(self):
-        queryset = super().get_queryset()
-        params = self.request.query_params
-        if site := params.get("site"):
-            queryset = queryset.filter(site__slug=site)
-        if policy := params.get("policy"):
-            queryset = queryset.filter(policy=policy)
-        if (enabled := params.get("enabled")) is not None:
-            queryset = queryset.filter(enabled=enabled.lower() in ("1", "true", "yes"))
-        return queryset
+    filterset_class = PolicyRunFilter
+    ordering_fields = ["id", "started_at", "policy"]
 
     @extend_schema(request=StartPolicyRunSerializer,
                    responses={201: PolicyRunSerializer, **{c: ERRORS[c] for c in (400, 403, 409, 422)}},

@@ -12,7 +12,7 @@ from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 
 from control import changes
-from control.api import serializers
+from control.api import filters, serializers
 from control.models import AuditEntry, SetpointChange
 from facility.api.errors import api_exception_handler
 
@@ -57,13 +57,8 @@ class SetpointChangeViewSet(ControlViewSetMixin, mixins.ListModelMixin, mixins.R
                             mixins.CreateModelMixin, viewsets.GenericViewSet):
     queryset = SetpointChange.objects.select_related("setpoint__cooling_unit", "proposed_by", "decided_by")
     serializer_class = serializers.SetpointChangeSerializer
-
-    def get_queryset(self):
-        queryset = super().get_queryset()
-        for field in ("state", "setpoint", "origin"):
-            if value := self.request.query_params.get(field):
-                queryset = queryset.filter(**{field: value})
-        return queryset
+    filterset_class = filters.SetpointChangeFilter
+    ordering_fields = ["id", "created_at", "decided_at", "state"]
 
     @extend_schema(request=serializers.ProposeSerializer,
                    responses={201: serializers.SetpointChangeSerializer, **{c: ERRORS[c] for c in (400, 403, 422)}},
@@ -113,3 +108,5 @@ class AuditEntryViewSet(ControlViewSetMixin, viewsets.ReadOnlyModelViewSet):
 
     queryset = AuditEntry.objects.all()
     serializer_class = serializers.AuditEntrySerializer
+    filterset_class = filters.AuditEntryFilter
+    ordering_fields = ["id", "at"]

@@ -1,10 +1,19 @@
 """API tokens for integrators: `Authorization: Bearer fdu_…`, acting as the token's user within its roles."""
 
+from datetime import timedelta
+
+from django.db.models import Q
+from django.dispatch import Signal
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
 from facility.models import ApiToken
+
+# Sent at most once per token per TOKEN_USE_RESOLUTION (the first request after a quiet spell), with
+# `token` and `request`: the control app writes it to the audit log. `last_used_at` has the same resolution.
+api_token_used = Signal()
+TOKEN_USE_RESOLUTION = timedelta(minutes=1)
 
 
 def scoped(user, allowed: set[str]):
@@ -30,7 +39,10 @@ class ApiTokenAuthentication(authentication.BaseAuthentication):
         token = ApiToken.authenticate(header[1])
         if token is None:
             raise exceptions.AuthenticationFailed("Unknown, expired or revoked API token.")
-        ApiToken.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+        now = timezone.now()
+        quiet = Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - TOKEN_USE_RESOLUTION)
+        if ApiToken.objects.filter(quiet, pk=token.pk).update(last_used_at=now):
+            api_token_used.send(sender=ApiToken, token=token, request=request)
         return scoped(token.user, token.scope()), token
 
     def authenticate_header(self, request):

@@ -85,3 +85,5 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
 
     queryset = ModelVersion.objects.select_related("site")
     serializer_class = ModelVersionSerializer
+    filterset_fields = ["kind", "active", "name"]
+    ordering_fields = ["id", "created_at", "name"]

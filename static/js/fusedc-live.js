@@ -249,6 +249,10 @@
     }
   };
 
+  // Pickers that reload the page on change (no inline handlers: the Content-Security-Policy forbids them).
+  document.querySelectorAll("select[data-autosubmit]").forEach((select) =>
+    select.addEventListener("change", () => select.form.submit()));
+
   FuseDC.getJSON = async function (url) {
     const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
     if (!response.ok) throw new Error(url + ": HTTP " + response.status);

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 ROLES = ("viewer", "operator", "approver", "admin")
+REDOC_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 
 
 def _free_port() -> int:
@@ -155,12 +156,16 @@ def browser():
 @pytest.fixture
 def login(browser, live_site):
     """A page signed in as a role (None: a user without any role), through the real login form."""
-    contexts = []
+    contexts, violations = [], []
 
     def sign_in(role):
         context = browser.new_context(viewport={"width": 1600, "height": 1000}, base_url=live_site["base"])
         contexts.append(context)
         page = context.new_page()
+        # Any Content-Security-Policy violation (a blocked script, style or socket) fails the test.
+        # (ReDoc's sidebar always asks for Redocly's logo from their CDN: blocked, as it should be, and hidden.)
+        page.on("console", lambda msg: "Content Security Policy" in msg.text and REDOC_LOGO not in msg.text
+                and violations.append(msg.text))
         username, password = live_site["users"][role]
         page.goto("/login/")
         page.fill("input[name=username]", username)
@@ -172,6 +177,7 @@ def login(browser, live_site):
     yield sign_in
     for context in contexts:
         context.close()
+    assert not violations, violations
 
 
 @pytest.fixture(scope="module", autouse=True)

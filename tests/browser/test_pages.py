@@ -194,3 +194,18 @@ def test_model_page_draws_forecasts_against_measurements(login, served_forecaste
     assert cache[1] > 4 * cache[0] > 0  # MHA would need several times the MLA cache for the same streams
     assert not errors
     page.screenshot(path=str(SCREENSHOTS / "approver-models.png"), full_page=True)
+
+
+def test_api_docs_render_offline_under_the_csp(login):
+    """Swagger UI and ReDoc from the installed sidecar: they render the schema with no CDN and no inline script."""
+    page = login("viewer")
+    loaded = []  # requests that got an answer (the CSP stops any other origin before it is asked)
+    page.on("requestfinished", lambda r: loaded.append(r.url))
+    assert page.goto("/api/docs/").status == 200
+    page.wait_for_selector(".swagger-ui .opblock", timeout=WAIT_MS)
+    assert page.locator(".swagger-ui .opblock-tag", has_text="inference").count() >= 1
+    assert page.goto("/api/redoc/").status == 200
+    page.wait_for_selector("[data-section-id]", timeout=WAIT_MS)
+    site = page.url.split("/api/")[0]
+    assert loaded and all(u.startswith((site, "data:", "blob:")) for u in loaded), loaded
+    page.screenshot(path=str(SCREENSHOTS / "viewer-api-docs.png"))
