@@ -27,3 +27,7 @@ urlpatterns = [
     path("", include("telemetry.urls")),
     path("", include("inference.urls")),
 ]
+
+# Under /api/ even a path no view matched answers in the API's error body.
+handler404 = "facility.api.errors.not_found"
+handler500 = "facility.api.errors.server_error"

@@ -90,3 +90,12 @@ def test_control_lists_filter_by_state_site_action_and_time(demo, make_user, rol
     both = _all(client, "/api/v1/audit-entries/", action=["denied", "proposed"], ordering="-at")
     assert len(both) == AuditEntry.objects.filter(action__in=["denied", "proposed"]).count() == 3
     assert [e["at"] for e in both] == sorted((e["at"] for e in both), reverse=True)
+
+
+def test_malformed_ids_cursors_and_paths_are_4xx_in_the_error_body(demo, role_client):
+    client = role_client("approver")
+    for path in ("/api/v1/setpoint-changes/null,null/approve/", "/api/v1/gpus/0.5/", "/api/v1/nowhere/"):
+        response = client.post(path) if path.endswith("approve/") else client.get(path)
+        assert response.status_code == 404 and response.json()["code"] == "not_found", path
+    response = client.get("/api/v1/gpus/", {"cursor": "not-a-cursor"})
+    assert response.status_code == 400 and response.json()["errors"][0]["item"] == "cursor"

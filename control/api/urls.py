@@ -1,6 +1,5 @@
-from rest_framework.routers import SimpleRouter
-
 from control.api import policy_runs, views
+from facility.api.routers import SimpleRouter
 
 router = SimpleRouter()  # facility.api.urls serves the API root
 router.register("setpoint-changes", views.SetpointChangeViewSet)

@@ -5,7 +5,8 @@
 """
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404
+from django.http import Http404, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -41,3 +42,17 @@ def api_exception_handler(exc, context):
         detail = response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
         response.data = {"code": code if isinstance(code, str) else "error", "message": str(detail)}
     return response
+
+
+# Django's own error pages for paths no view handled, in the same body under /api/ (config.urls handler404/500).
+def not_found(request, exception=None):
+    if request.path.startswith("/api/"):
+        return JsonResponse({"code": "not_found", "message": f"no such resource: {request.path}"}, status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request):
+    if request.path.startswith("/api/"):
+        return JsonResponse({"code": "server_error", "message": "an unexpected error; it has been logged"},
+                            status=500)
+    return defaults.server_error(request)

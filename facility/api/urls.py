@@ -1,6 +1,5 @@
-from rest_framework.routers import DefaultRouter
-
 from facility.api import views
+from facility.api.routers import DefaultRouter
 
 router = DefaultRouter()
 router.register("sites", views.SiteViewSet)

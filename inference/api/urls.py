@@ -1,6 +1,6 @@
 from django.urls import path
-from rest_framework.routers import SimpleRouter
 
+from facility.api.routers import SimpleRouter
 from inference.api import views
 
 router = SimpleRouter(trailing_slash=False)
