@@ -53,3 +53,55 @@ def test_apply_on_the_worker_is_idempotent(celery_worker, make_user):
     assert plant.crah_sat.value == 18.5
     actions = list(AuditEntry.objects.filter(change=first).order_by("id").values_list("action", flat=True))
     assert actions == ["proposed", "approved", "applying", "applied"]
+
+
+def test_worker_killed_while_applying_writes_once_and_is_reconciled(django_db_setup, make_user):
+    """The worker dies mid-write (SIGKILL). Nothing re-sends the write: the change stays Applying until the
+    reconciler reads the plant back and finishes it as Applied (the write landed) or Failed (it did not)."""
+    import os
+    import secrets
+    import signal
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from tests.conftest import REPO, _worker_env
+
+    plant = build_plant("kill", gpus=False)
+    operator, approver = make_user("kill-operator", "operator"), make_user("kill-approver", "approver")
+    with ModbusServer(slow_seconds=4) as device:
+        ModbusPoint.objects.create(setpoint=plant.crah_sat, host="127.0.0.1", port=device.port, unit_id=2,
+                                   register=10, timeout_seconds=8)  # device 2 answers after 4 s
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "config", "worker", "-P", "solo", "-Q", "control",
+             "-n", f"kill-{secrets.token_hex(3)}@localhost", "--without-mingle", "--without-gossip", "-l", "warning"],
+            cwd=REPO, env=_worker_env(connection.settings_dict["NAME"]))
+        try:
+            change = changes.propose(plant.crah_sat, 18.5, user=operator, rationale="killed mid-write")
+            changes.approve(change.pk, approver, "go")
+            _wait_for(change.pk, {ChangeState.APPLYING})
+            deadline = time.monotonic() + 20
+            while not device.writes[2] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            os.kill(worker.pid, signal.SIGKILL)  # the device holds the write's answer for 4 s: we are mid-write
+            worker.wait()
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+        assert SetpointChange.objects.get(pk=change.pk).state == ChangeState.APPLYING
+        time.sleep(5)  # the device finishes the write it got
+        out = changes.expire_changes(now=timezone.now() + timedelta(minutes=5))
+        assert out["reconciled"] == 1
+        done = SetpointChange.objects.get(pk=change.pk)
+        assert done.state in (ChangeState.APPLIED, ChangeState.FAILED), done.state
+        if done.state == ChangeState.APPLIED:
+            assert done.readback_value == 18.5
+        else:
+            assert "interrupted while applying" in done.state_reason
+        assert len(device.writes[2]) == 1  # written once: nothing re-sent the write
+        assert changes.expire_changes(now=timezone.now() + timedelta(minutes=6))["reconciled"] == 0
+    actions = list(AuditEntry.objects.filter(change=change).order_by("id").values_list("action", flat=True))
+    assert actions[:3] == ["proposed", "approved", "applying"] and actions[3] in ("applied", "failed")
