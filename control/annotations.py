@@ -32,6 +32,48 @@ def _events(change: SetpointChange):
         yield change.finished_at, change.state, value, f"{change.state}: {change.state_reason[:140]}".rstrip(": ")
 
 
+def effect(change: SetpointChange) -> dict | None:
+    """Predicted (the forecast the policy or operator relied on) and measured (the watch window's facility KPIs,
+    after minus before) changes in cooling and facility power, the hottest GPU and throughput; None until the
+    watch window is over."""
+    kpis = (change.measured_effect or {}).get("kpis")
+    if not kpis:
+        return None
+    before, after = kpis.get("before", {}), kpis.get("after", {})
+
+    def delta(key):
+        a, b = after.get(key), before.get(key)
+        return None if a is None or b is None else round(a - b, 3)
+
+    def facility(side):
+        it, cooling = side.get("it_power_kw"), side.get("cooling_power_kw")
+        return None if it is None or cooling is None else it + cooling
+
+    tflops_b, tflops_a, fac_b, fac_a = before.get("tflops"), after.get("tflops"), facility(before), facility(after)
+    p = change.predicted_effect or {}
+    hours = (p.get("horizon_s") or 0) / 3600
+
+    def per_hour(key):
+        return round(p[key] / hours, 3) if hours and p.get(key) is not None else None
+
+    return {
+        "window_s": kpis.get("window_s"),
+        "measured": {
+            "cooling_kw": delta("cooling_power_kw"),
+            "facility_kw": None if fac_a is None or fac_b is None else round(fac_a - fac_b, 3),
+            "hottest_gpu_c": delta("hottest_gpu_temp_c"),
+            "throughput_pct": round(100 * (tflops_a / tflops_b - 1), 3) if tflops_a and tflops_b else None,
+        },
+        "predicted": {
+            "cooling_kw": per_hour("delta_cooling_kwh"),
+            "facility_kw": per_hour("delta_facility_kwh"),
+            "hottest_gpu_c": p.get("delta_end_max_gpu_temperature_c"),
+            "throughput_pct": p.get("delta_throughput_pct"),
+        },
+        "before": before, "after": after,
+    }
+
+
 def setpoint_change_annotations(site, start: float, end: float) -> list[dict]:
     lo, hi = datetime.fromtimestamp(start, UTC), datetime.fromtimestamp(end, UTC)
     changes = (
@@ -44,9 +86,13 @@ def setpoint_change_annotations(site, start: float, end: float) -> list[dict]:
         point = change.setpoint
         for at, state, value, text in _events(change):
             if lo <= at <= hi:
-                out.append({
+                item = {
                     "time": at.timestamp(), "unit": point.cooling_unit.name,
                     "setpoint": _SERIES.get(point.name, point.name), "value": value, "state": state,
                     "text": text, "url": reverse("control:approvals") + f"#change-{change.pk}",
-                })
+                }
+                if state == "applied" and (measured := effect(change)) is not None:
+                    item.update(change=change.pk, label=f"#{change.pk} {point.cooling_unit.name} "
+                                f"{change.from_value:g}→{change.to_value:g}", effect=measured)
+                out.append(item)
     return out

@@ -587,6 +587,7 @@ def watch_changes(*, now: datetime | None = None) -> dict:
         fields = {"measured_effect": measured}
         if done:
             fields["watch_outcome"] = "ok" if hottest is not None else "no_data"
+            measured["kpis"] = _kpis_around(change, now)
         SetpointChange.objects.filter(pk=change.pk, state=ChangeState.APPLIED, watch_outcome="").update(
             updated_at=now, **fields)
         if done:
@@ -594,6 +595,16 @@ def watch_changes(*, now: datetime | None = None) -> dict:
                   message=f"watch window over: {fields['watch_outcome']}")
             out["done"] += 1
     return out
+
+
+def _kpis_around(change: SetpointChange, now: datetime) -> dict:
+    """Facility KPIs averaged over the watch window after the change and as long a window before it."""
+    from telemetry.views import kpi_means
+
+    site, applied = change.setpoint.cooling_unit.site, change.finished_at.timestamp()
+    span = max(now.timestamp() - applied, 60.0)
+    return {"before": kpi_means(site, applied - span, applied), "after": kpi_means(site, applied, applied + span),
+            "window_s": round(span)}
 
 
 def open_changes_for(setpoint: Setpoint):

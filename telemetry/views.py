@@ -218,6 +218,16 @@ def kpi_history(site: Site, start: float, end: float, max_points: int) -> dict:
     return out
 
 
+def kpi_means(site: Site, start: float, end: float, max_points: int = 120) -> dict[str, float | None]:
+    """Each facility KPI (kpi_history's totals) averaged over [start, end): the before/after of a change."""
+    history = kpi_history(site, start, end, max_points)
+    out = {}
+    for key, values in history["total"].items():
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        out[key] = round(sum(finite) / len(finite), 4) if finite else None
+    return out
+
+
 # --- The loop page ---------------------------------------------------------------------------------------
 
 

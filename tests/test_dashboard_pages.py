@@ -161,3 +161,43 @@ def test_rack_page_links_cooling_and_nodes(demo, role_client):
     body = page.content.decode()
     assert reverse("telemetry:cooling-unit", args=[CoolingUnit.objects.get(name="cdu-b1").pk]) in body
     assert reverse("telemetry:node", args=[rack.nodes.first().hostname]) in body
+
+
+def test_loop_shows_each_changes_predicted_and_measured_effect(redis_client, db, make_user, role_client, monkeypatch):
+    """A change applied to the twin mid-history: after its watch window the loop page's data carries the forecast
+    it was approved on beside the facility's measured change (after vs before) in power, heat and throughput."""
+    from config import inprocess
+    from control import changes
+    from facility.models import Setpoint
+
+    redis_client.flushdb()
+    get_buffer.cache_clear()
+    facility_file.import_facility(facility_file.parse(DEMO_FILE.read_text()))
+    site = Site.objects.get(slug="demo")
+    start = datetime.now(UTC) - timedelta(minutes=21)
+    source = TwinSource(site, start=start, sensors=False)
+    monkeypatch.setitem(inprocess.twins, site.slug, source)  # the in-process twin actuator writes to it
+    run(source, interval=10, speed=1e6, duration=600)
+    writer.drain("test", time_budget_s=60)
+    applied_at = start + timedelta(seconds=600)
+    point = Setpoint.objects.get(cooling_unit__name="crah-a1", name="supply_air_temperature_setpoint")
+    operator, approver = make_user("fx-operator", "operator"), make_user("fx-approver", "approver")
+    change = changes.propose(point, point.value + 0.5, user=operator, rationale="warmer supply air", now=applied_at,
+                             predicted_effect={"horizon_s": 600, "delta_cooling_kwh": -0.5, "delta_facility_kwh": -0.4,
+                                               "delta_end_max_gpu_temperature_c": 0.6, "delta_throughput_pct": 0.0})
+    changes.approve(change.pk, approver, "ok", now=applied_at)
+    assert changes.apply_change(change.pk, now=applied_at)["status"] == "applied"
+    run(source, interval=10, speed=1e6, duration=600)
+    writer.drain("test", time_budget_s=60)
+    assert changes.watch_changes(now=applied_at + timedelta(seconds=605))["done"] == 1
+
+    data = role_client("viewer").get(reverse("telemetry:loop-data"), {"site": "demo", "range": "1h"}).json()
+    (applied,) = [a for a in data["annotations"] if a.get("effect")]
+    effect = applied["effect"]
+    assert applied["change"] == change.pk and applied["label"].startswith(f"#{change.pk} crah-a1")
+    assert effect["predicted"] == {"cooling_kw": -3.0, "facility_kw": -2.4, "hottest_gpu_c": 0.6, "throughput_pct": 0.0}
+    assert all(effect["measured"][k] is not None for k in ("cooling_kw", "facility_kw", "hottest_gpu_c",
+                                                           "throughput_pct"))
+    assert effect["before"]["it_power_kw"] > 0 and 590 <= effect["window_s"] <= 610
+    # Warmer supply air: the air-cooled GPUs run warmer afterwards (the twin's physics, measured from storage).
+    assert effect["after"]["hottest_gpu_temp_c"] >= effect["before"]["hottest_gpu_temp_c"] - 0.5

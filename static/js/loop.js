@@ -203,6 +203,51 @@
     setpoints.layout.shapes = shapes;
     setpoints.node.dataset.annotations = String(annotations.length);
     setpoints.touch();
+    drawEffects();
+  }
+
+  // ---- predicted vs measured effect of each applied change (after its watch window) -----------------------
+  const EFFECTS = [["cooling_kw", "Cooling power", "kW"], ["facility_kw", "Facility power", "kW"],
+                   ["hottest_gpu_c", "Hottest GPU", "K"], ["throughput_pct", "Throughput", "%"]];
+  const effectCharts = {};
+
+  function drawEffects() {
+    const done = annotations.filter((a) => a.effect);
+    const grid = document.getElementById("effect-charts");
+    if (!grid) return;
+    document.getElementById("effects-empty").hidden = done.length > 0;
+    grid.hidden = done.length === 0;
+    if (!done.length) return;
+    const labels = done.map((a) => a.label);
+    const hover = (a, key, unit) => {
+      const e = a.effect;
+      return `${a.label}<br>predicted ${F.fmt(e.predicted[key], 2)} ${unit}, measured ${F.fmt(e.measured[key], 2)} ${unit}` +
+             `<br>over ${Math.round((e.window_s || 0) / 60)} min before vs after`;
+    };
+    EFFECTS.forEach(([key, title, unit], i) => {
+      const traces = [
+        { type: "bar", name: "predicted (the forecast relied on)", x: labels, y: done.map((a) => a.effect.predicted[key]),
+          marker: { color: F.colors.muted }, hovertext: done.map((a) => hover(a, key, unit)), hovertemplate: "%{hovertext}<extra></extra>",
+          showlegend: i === 0 },
+        { type: "bar", name: "measured (watch window)", x: labels, y: done.map((a) => a.effect.measured[key]),
+          marker: { color: F.palette(0) }, hovertext: done.map((a) => hover(a, key, unit)), hovertemplate: "%{hovertext}<extra></extra>",
+          showlegend: i === 0 },
+      ];
+      const layout = F.layout({ barmode: "group", showlegend: i === 0, margin: { l: 52, r: 12, t: 8, b: 60 },
+                                yaxis: F.axis({ title: { text: "Δ " + unit }, zeroline: true }), xaxis: F.axis({ type: "category" }) });
+      if (!effectCharts[key]) {
+        const fig = document.createElement("figure");
+        fig.innerHTML = "<figcaption></figcaption><div class='chart'></div>";
+        fig.querySelector("figcaption").textContent = title;
+        fig.querySelector(".chart").id = "chart-effect-" + key;
+        grid.appendChild(fig);
+        effectCharts[key] = new F.Chart(fig.querySelector(".chart"), traces, layout);
+      } else {
+        Object.assign(effectCharts[key], { traces, layout });
+        effectCharts[key].touch();
+      }
+    });
+    grid.dataset.changes = String(done.length);
   }
 
   async function loadSetpoints() {

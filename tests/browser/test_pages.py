@@ -209,3 +209,23 @@ def test_api_docs_render_offline_under_the_csp(login):
     site = page.url.split("/api/")[0]
     assert loaded and all(u.startswith((site, "data:", "blob:")) for u in loaded), loaded
     page.screenshot(path=str(SCREENSHOTS / "viewer-api-docs.png"))
+
+
+def test_loop_draws_predicted_vs_measured_effect_per_change(login):
+    page = login("operator")
+    assert page.goto("/loop/").status == 200
+    _wait_live(page)
+    page.wait_for_function("document.getElementById('chart-setpoints').dataset.draws > 0", timeout=WAIT_MS)
+    assert page.locator("#effects-empty").is_visible()
+    effect = {"window_s": 600, "predicted": {"cooling_kw": -3.0, "facility_kw": -2.4, "hottest_gpu_c": 0.6,
+                                             "throughput_pct": 0.0},
+              "measured": {"cooling_kw": -2.1, "facility_kw": -2.0, "hottest_gpu_c": 0.9, "throughput_pct": -0.1}}
+    page.evaluate("""(effect) => FuseDC.loop.setAnnotations([{time: Date.now() / 1000 - 60, unit: 'crah-a1',
+        setpoint: 'supply_air_temperature_setpoint_celsius', value: 18.5, state: 'applied', text: 'applied',
+        change: 1, label: '#1 crah-a1 18→18.5', effect}])""", effect)
+    for key in ("cooling_kw", "facility_kw", "hottest_gpu_c", "throughput_pct"):
+        page.wait_for_selector(f"#chart-effect-{key} .main-svg", timeout=WAIT_MS)
+    bars = page.evaluate("document.getElementById('chart-effect-cooling_kw').data.map(t => t.y[0])")
+    assert bars == [-3.0, -2.1]
+    assert not page.locator("#effects-empty").is_visible()
+    page.locator("#effect-charts").screenshot(path=str(SCREENSHOTS / "operator-loop-effects.png"))
