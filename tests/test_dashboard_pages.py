@@ -201,3 +201,11 @@ def test_loop_shows_each_changes_predicted_and_measured_effect(redis_client, db,
     assert effect["before"]["it_power_kw"] > 0 and 590 <= effect["window_s"] <= 610
     # Warmer supply air: the air-cooled GPUs run warmer afterwards (the twin's physics, measured from storage).
     assert effect["after"]["hottest_gpu_temp_c"] >= effect["before"]["hottest_gpu_temp_c"] - 0.5
+
+
+def test_favicon_is_served(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301
+    icon = client.get(response["Location"])
+    assert icon.status_code == 200 and icon["Content-Type"] == "image/svg+xml"
+    assert b"<svg" in b"".join(icon.streaming_content) if icon.streaming else icon.content
