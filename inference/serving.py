@@ -282,9 +282,10 @@ class ForecastServer:
         gpu_ids = raw[:, 0].astype(np.int64)
         times = raw[:, 1]
         self.scan_mark[site.pk] = max(self.scan_mark.get(site.pk, now - fresh), float(times.max()) - 60.0)
-        # Known streams: rows past their own watermark (late rows behind it cannot enter a causal cache).
+        # Known streams: rows past their own watermark (late rows behind it cannot enter a causal cache), on the
+        # model's sample grid.
         last = np.array([self.streams[g].last_time_s if g in self.streams else np.inf for g in gpu_ids])
-        newer = times > last + 1e-6
+        newer = on_grid(raw, self.model.config.position_resolution_s, last)
         unknown = sorted({int(g) for g in gpu_ids} - set(self.streams))
         results = []
         if unknown:
@@ -311,6 +312,7 @@ class ForecastServer:
         if not gpu_ids:
             return out
         raw = load_gpu_rows(gpu_ids, _newest(gpu_ids) - span, time.time() + 86400, after=True)
+        raw = raw[on_grid(raw, res)]
         if not len(raw):
             return out
         feats, _ = self._features(site, cmap, index, raw)
@@ -431,6 +433,24 @@ class ForecastServer:
 
         hours = _setting("INFERENCE_FORECAST_RETENTION_HOURS", FORECAST_RETENTION_HOURS)
         Forecast.objects.filter(made_at__lt=_dt(now) - timedelta(hours=hours)).delete()
+
+
+def on_grid(raw: np.ndarray, resolution_s: float, last: np.ndarray | None = None) -> np.ndarray:
+    """Which rows (sorted by GPU, then time) keep each stream on the model's sample grid: the first row in each
+    `resolution_s` slot of time, after the slot of the stream's last fed sample (`last`, per row).
+
+    A model trained on 5 s samples sees 5 s samples when the plant reports every second: fed every row, its
+    positions and `sample_gap_seconds` would be ones it never saw in training (its forecasts drift).
+    """
+    if not len(raw):
+        return np.zeros(0, dtype=bool)
+    ids, slot = raw[:, 0].astype(np.int64), np.floor(raw[:, 1] / resolution_s)
+    keep = np.ones(len(raw), dtype=bool)
+    keep[1:] = (ids[1:] != ids[:-1]) | (slot[1:] != slot[:-1])
+    if last is not None:
+        with np.errstate(invalid="ignore"):
+            keep &= slot > np.floor(last / resolution_s)
+    return keep
 
 
 def _newest(gpu_ids: Sequence[int]) -> float:

@@ -270,3 +270,21 @@ def test_model_page_without_a_model_says_how_to_train_one(site, role_client):
     from django.test import Client
 
     assert Client().get(reverse("inference:model-data"), {"gpu": "x"}).status_code == 302  # anonymous: log in
+
+
+def test_a_plant_reporting_faster_than_the_model_is_fed_on_the_model_grid(site, active_model):
+    """The model was trained on 2 s samples; the plant reports every second. Serving feeds one sample per 2 s
+    slot, so positions and sample gaps are the ones the model was trained on."""
+    source = TwinSource(site, start=datetime.now(UTC) - timedelta(minutes=3), sensors=False)
+    run(source, interval=1.0, speed=1e6, duration=60)
+    writer.drain("test", time_budget_s=30)
+    server = ForecastServer(worker="grid")
+    server.step()
+    gpus = GPU.objects.count()
+    run(source, interval=1.0, speed=1e6, duration=20)
+    writer.drain("test", time_budget_s=30)
+    report = server.step()
+    assert report.advanced == gpus and report.tokens == 10 * gpus  # 20 one-second samples: 10 two-second slots
+    # Each stream's newest fed sample is the first of its 2 s slot, 2 s after the previous one it was fed.
+    slots = {round(s.last_time_s, 3) // 2 for s in server.streams.values()}
+    assert len(slots) == 1
