@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 from django.http import Http404, JsonResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.views import View
 from django.views.generic import TemplateView
 
@@ -27,6 +28,7 @@ PERMISSION = "inference.view_modelversion"
 # Forecast-vs-actual windows (seconds) and the most forecast rows one window returns per horizon.
 RANGES = {"15m": 900, "1h": 3600, "24h": 86400}
 MAX_FORECAST_POINTS = 720
+WORKER_STALE_SECONDS = 300
 TARGETS = {  # forecast column prefix -> telemetry metric of the truth, label, unit
     "gpu_temperature_celsius": ("DCGM_FI_DEV_GPU_TEMP", "GPU temperature", "°C"),
     "sm_clock_megahertz": ("DCGM_FI_DEV_SM_CLOCK", "SM clock", "MHz"),
@@ -62,7 +64,9 @@ def cache_memory(version: ModelVersion | None) -> list[dict]:
     mla = cache_bytes_per_token(config)["model"]
     mha = cache_bytes_per_token(replace(config, attention="mha"))["model"]
     rows = []
-    for stats in InferenceStats.objects.filter(model_version=version).order_by("worker"):
+    # Workers that reported recently: a stopped or restarted worker's last row stays behind in the table.
+    recent = timezone.now() - timedelta(seconds=WORKER_STALE_SECONDS)
+    for stats in InferenceStats.objects.filter(model_version=version, updated_at__gte=recent).order_by("worker"):
         rows.append({"worker": stats.worker, "streams": stats.streams, "bytes": stats.cache_bytes,
                      "mha_bytes": round(stats.cache_bytes * mha / mla) if mla else None,
                      "updated_at": stats.updated_at.timestamp()})

@@ -288,3 +288,14 @@ def test_a_plant_reporting_faster_than_the_model_is_fed_on_the_model_grid(site, 
     # Each stream's newest fed sample is the first of its 2 s slot, 2 s after the previous one it was fed.
     slots = {round(s.last_time_s, 3) // 2 for s in server.streams.values()}
     assert len(slots) == 1
+
+
+def test_model_page_leaves_out_workers_that_stopped_reporting(site, active_model, role_client):
+    from django.urls import reverse
+    from django.utils import timezone
+
+    InferenceStats.objects.create(worker="live", model_version=active_model, streams=4, cache_bytes=4096)
+    InferenceStats.objects.create(worker="gone", model_version=active_model, streams=4, cache_bytes=4096)
+    InferenceStats.objects.filter(worker="gone").update(updated_at=timezone.now() - timedelta(hours=1))
+    config = _page_config(role_client("viewer").get(reverse("inference:models")))
+    assert [c["worker"] for c in config["cache"]] == ["live"]
