@@ -8,15 +8,18 @@ ingest buffer depth and lag, Celery queue depths, worker heartbeats, rollup lag.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
+from datetime import timedelta
 
 from django.conf import settings
 from django.http import HttpResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+log = logging.getLogger(__name__)
 REQUESTS = Counter("fusedc_http_requests", "HTTP requests served by this process", ["method", "route", "status"])
 LATENCY = Histogram(
     "fusedc_http_request_duration_seconds", "HTTP request latency in this process", ["method", "route"],
@@ -62,6 +65,7 @@ class SharedStateCollector:
                     value=depth["oldest_pending_age_seconds"],
                 )
         except (BufferUnavailable, Exception):
+            log.warning("metrics: the telemetry buffer did not answer", exc_info=True)
             up.add_metric(["buffer"], 0)
         if settings.REDIS_URL:
             try:
@@ -98,7 +102,27 @@ class SharedStateCollector:
 
     @staticmethod
     def _database_metrics():
+        from django.core.cache import cache
+        from django.utils import timezone
+
+        from inference.models import InferenceStats
+        from telemetry.ingest import ACCEPTED_KEY
         from telemetry.models import RollupState
+
+        yield CounterMetricFamily("fusedc_ingest_samples_accepted", "Telemetry samples accepted by ingest",
+                                  value=cache.get(ACCEPTED_KEY, 0))
+        recent = timezone.now() - timedelta(minutes=5)
+        stats = list(InferenceStats.objects.filter(updated_at__gte=recent))
+        for name, help_text, field in (
+            ("fusedc_inference_step_seconds", "Model time of the serving worker's last step", "step_seconds"),
+            ("fusedc_inference_streams", "GPU streams with a latent cache in the serving worker", "streams"),
+            ("fusedc_inference_cache_bytes", "Bytes of latent cache the serving worker holds", "cache_bytes"),
+            ("fusedc_inference_tokens_per_second", "Samples per second of the last serving step", "tokens_per_second"),
+        ):
+            family = GaugeMetricFamily(name, help_text, labels=["worker"])
+            for row in stats:
+                family.add_metric([row.worker], getattr(row, field))
+            yield family
 
         lag = GaugeMetricFamily("fusedc_rollup_lag_seconds", "Seconds the rollups trail the clock",
                                 labels=["resolution"])

@@ -43,6 +43,20 @@ class RedisBuffer:
                 raise
         self._group_ready = True
 
+    def _grouped(self, operation):
+        """Run `operation` with the consumer group in place. A Redis that restarted empty (or lost the key)
+        has no group: create it again from the stream's start and retry once, so nothing appended since is
+        skipped and the writers do not fail forever on NOGROUP."""
+        self._ensure_group()
+        try:
+            return operation()
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            self._group_ready = False
+            self._ensure_group()
+            return operation()
+
     def append(self, payload: bytes) -> str:
         try:
             self._ensure_group()
@@ -53,7 +67,9 @@ class RedisBuffer:
 
     def claim(self, consumer: str, count: int) -> list[tuple[str, bytes]]:
         """Entries for this consumer: first any left pending too long by a dead writer, then new ones."""
-        self._ensure_group()
+        return self._grouped(lambda: self._claim(consumer, count))
+
+    def _claim(self, consumer: str, count: int) -> list[tuple[str, bytes]]:
         _, stale, _ = self.client.xautoclaim(STREAM, GROUP, consumer, self.reclaim_idle_ms, "0-0", count=count)
         entries = [(eid, fields) for eid, fields in stale if fields]
         if not entries:
@@ -66,7 +82,9 @@ class RedisBuffer:
             self.client.xack(STREAM, GROUP, *entry_ids)
 
     def depth(self) -> dict:
-        self._ensure_group()
+        return self._grouped(self._depth)
+
+    def _depth(self) -> dict:
         summary = self.client.xpending(STREAM, GROUP)
         groups = {g["name"].decode(): g for g in self.client.xinfo_groups(STREAM)}
         oldest = None
@@ -78,7 +96,9 @@ class RedisBuffer:
 
     def trim(self):
         """Drop entries every writer has acknowledged (never one still pending or undelivered)."""
-        self._ensure_group()
+        self._grouped(self._trim)
+
+    def _trim(self):
         summary = self.client.xpending(STREAM, GROUP)
         groups = {g["name"].decode(): g for g in self.client.xinfo_groups(STREAM)}
         horizon = summary["min"] if summary["pending"] else groups[GROUP]["last-delivered-id"]

@@ -6,6 +6,7 @@ writers store it afterwards. Anything not in the inventory is counted and record
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import threading
@@ -29,6 +30,8 @@ from telemetry.parsers.json_batch import MAX_ERRORS_PER_COLUMN, GpuBlock
 from telemetry.schema import GPU_COLUMNS
 
 PAYLOAD_VERSION = 1
+
+log = logging.getLogger(__name__)
 
 
 class BatchRejected(Exception):
@@ -167,7 +170,23 @@ def ingest(source: Source, parsed: ParseResult, *, now: float | None = None) -> 
         gpu = _gpu_payload(gpu_rows)
     if report.accepted:
         report.entry_id = get_buffer().append(_pack(source, gpu, points))
+        count_accepted(report.accepted)
     return report
+
+
+ACCEPTED_KEY = "fusedc:ingest:samples_accepted"
+
+
+def count_accepted(n: int) -> None:
+    """Add to the samples-accepted counter every web process shares (the cache: Redis in production);
+    /metrics exports it, so Prometheus derives the ingest rate with rate()."""
+    from django.core.cache import cache
+
+    try:
+        cache.add(ACCEPTED_KEY, 0, timeout=None)
+        cache.incr(ACCEPTED_KEY, n)
+    except Exception:  # a counter must never refuse a batch the buffer already holds
+        log.warning("could not count %d accepted samples", n, exc_info=True)
 
 
 def _rows(source: Source, samples: list, index: dict, now: float, errors: list, report: IngestReport,

@@ -33,3 +33,31 @@ def test_metrics_report_requests_queues_workers_and_buffer(client, make_user, ce
     assert celery_worker["hostname"] in workers
     up = {s.labels["part"]: s.value for s in families["fusedc_component_up"].samples}
     assert up == {"buffer": 1, "redis": 1, "database": 1}
+
+
+def test_metrics_report_ingest_rate_and_the_serving_worker(client, make_user, redis_client):
+    from django.core.cache import cache
+
+    from facility import facility_file
+    from facility.management.commands.seed_demo import DEMO_FILE
+    from inference.models import InferenceStats
+    from telemetry.ingest import ACCEPTED_KEY
+    from tests.telemetry_helpers import dcgm_scrape, demo_gpus, make_source
+
+    facility_file.import_facility(facility_file.parse(DEMO_FILE.read_text()))
+    cache.delete(ACCEPTED_KEY)
+    _, token = make_source()
+    body = dcgm_scrape(demo_gpus(8))
+    for _ in range(2):
+        response = client.post("/api/v1/telemetry/prometheus", body, content_type="text/plain",
+                               HTTP_AUTHORIZATION=f"Bearer {token}")
+        assert response.status_code == 202
+    InferenceStats.objects.create(worker="inference@a", streams=256, cache_bytes=3_538_944, step_seconds=0.13,
+                                  tokens_per_second=1900.0)
+    client.force_login(make_user("ops", "admin"))
+    families = _families(client.get("/metrics").content.decode())
+    accepted = families["fusedc_ingest_samples_accepted"].samples[0].value
+    assert accepted == 2 * 8 * 4  # two scrapes of 8 GPUs with 4 fields each
+    streams = {s.labels["worker"]: s.value for s in families["fusedc_inference_streams"].samples}
+    assert streams == {"inference@a": 256}
+    assert families["fusedc_inference_step_seconds"].samples[0].value == 0.13

@@ -111,3 +111,22 @@ def test_celery_writer_task_drains_the_buffer(buffered, celery_worker):
     result = drain_buffer.apply_async(queue="ingest").get(timeout=60)
     assert result["gpu_rows"] == buffered
     assert GpuSample.objects.count() == buffered
+
+
+def test_buffer_survives_redis_losing_its_keys(redis_client, transactional_db):
+    """A Redis that restarts empty (no persistence) or loses the stream: the buffer re-creates its consumer
+    group and nothing appended afterwards is skipped (writers used to fail forever on NOGROUP)."""
+    from telemetry.buffer import get_buffer
+
+    get_buffer.cache_clear()
+    buffer = get_buffer()
+    buffer.append(b"before")
+    assert [p for _, p in buffer.claim("w", 10)] == [b"before"]
+    redis_client.flushdb()  # as a restart without persistence would
+    assert buffer.depth()["length"] == 0
+    buffer.append(b"after")
+    assert [p for _, p in buffer.claim("w", 10)] == [b"after"]
+    redis_client.flushdb()
+    buffer.append(b"again")  # xadd re-creates the stream but not the group
+    assert buffer.depth()["lag"] in (0, 1) and [p for _, p in buffer.claim("w", 10)] == [b"again"]
+    get_buffer.cache_clear()

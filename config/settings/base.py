@@ -97,8 +97,11 @@ TEMPLATES = [
 # --- Database -------------------------------------------------------------------------------------
 # DATABASE_URL=postgres://user@host:5432/name for production; SQLite file in var/ otherwise.
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'fusedc.sqlite3'}")}
-# https://docs.djangoproject.com/en/5.2/ref/databases/#persistent-connections — reuse connections in workers.
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+# Per request by default: under ASGI a persistent connection is left open per thread until garbage-collected
+# (https://docs.djangoproject.com/en/5.2/ref/databases/#persistent-connections), and uvicorn piled them up
+# until PostgreSQL refused clients (bench/dashboard.py). Celery workers are synchronous and reuse theirs
+# (the Procfile sets CONN_MAX_AGE for them).
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # The embedded default writes telemetry from a thread while pages read: WAL lets both proceed. Writers

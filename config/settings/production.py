@@ -6,7 +6,11 @@ from .base import env
 # Fail at start-up rather than run with an embedded part by accident.
 SECRET_KEY = env.str("SECRET_KEY")
 DATABASES = {"default": env.db("DATABASE_URL")}
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+# Per request by default: under ASGI a persistent connection is left open per thread until garbage-collected
+# (https://docs.djangoproject.com/en/5.2/ref/databases/#persistent-connections), and uvicorn piled them up
+# until PostgreSQL refused clients (bench/dashboard.py). Celery workers are synchronous and reuse theirs
+# (the Procfile sets CONN_MAX_AGE for them).
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if not env.str("REDIS_URL", default=""):
     raise RuntimeError("REDIS_URL must be set in production (Celery broker, channel layer, telemetry buffer)")
