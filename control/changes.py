@@ -134,7 +134,13 @@ def _enqueue_apply(change_id: int, countdown: float | None = None) -> None:
     def send():
         if countdown and settings.CELERY_TASK_ALWAYS_EAGER:
             return  # eager (embedded): no delayed tasks; the expiry sweep re-sends when the wait is over
-        apply_setpoint_change.apply_async((change_id,), countdown=countdown)
+        try:
+            apply_setpoint_change.apply_async((change_id,), countdown=countdown)
+        except Exception as exc:  # kombu, redis, or Celery's result backend giving up: the broker is down
+            # The decision is committed. The expiry sweep (beat) re-sends approved changes whose time has come,
+            # so this one is applied once the broker is back, not lost, and the decision is not reported failed.
+            log.warning("could not enqueue the application of change #%s (%s); the sweep will re-send it",
+                        change_id, exc)
 
     transaction.on_commit(send)
 

@@ -56,10 +56,12 @@ def test_apply_on_the_worker_is_idempotent(celery_worker, make_user):
 
 
 def test_worker_killed_while_applying_writes_once_and_is_reconciled(django_db_setup, make_user):
-    """The worker dies mid-write (SIGKILL). Nothing re-sends the write: the change stays Applying until the
-    reconciler reads the plant back and finishes it as Applied (the write landed) or Failed (it did not)."""
+    """The process applying a change dies mid-write (SIGKILL). Nothing re-sends the write: the change stays
+    Applying until the reconciler reads the plant back and finishes it as Applied (the write landed) or Failed.
+
+    The dying process runs the apply task's body (`changes.apply_change`) itself, with no broker reachable, so
+    no other worker of the test session can pick the change up."""
     import os
-    import secrets
     import signal
     import subprocess
     import sys
@@ -75,15 +77,18 @@ def test_worker_killed_while_applying_writes_once_and_is_reconciled(django_db_se
     with ModbusServer(slow_seconds=4) as device:
         ModbusPoint.objects.create(setpoint=plant.crah_sat, host="127.0.0.1", port=device.port, unit_id=2,
                                    register=10, timeout_seconds=8)  # device 2 answers after 4 s
+        change = changes.propose(plant.crah_sat, 18.5, user=operator, rationale="killed mid-write")
+        env = _worker_env(connection.settings_dict["NAME"])
+        env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # no broker: only this process applies the change
         worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-P", "solo", "-Q", "control",
-             "-n", f"kill-{secrets.token_hex(3)}@localhost", "--without-mingle", "--without-gossip", "-l", "warning"],
-            cwd=REPO, env=_worker_env(connection.settings_dict["NAME"]))
+            [sys.executable, "manage.py", "shell", "-c",
+             f"from control import changes; from django.contrib.auth import get_user_model; "
+             f"changes.approve({change.pk}, get_user_model().objects.get(pk={approver.pk}), 'go'); "
+             f"changes.apply_change({change.pk})"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            change = changes.propose(plant.crah_sat, 18.5, user=operator, rationale="killed mid-write")
-            changes.approve(change.pk, approver, "go")
             _wait_for(change.pk, {ChangeState.APPLYING})
-            time.sleep(1.0)  # the write is out: the device holds its answer 4 s, the worker waits up to 8 s
+            time.sleep(1.0)  # the write is out: the device holds its answer 4 s, the process waits up to 8 s
             os.kill(worker.pid, signal.SIGKILL)
             worker.wait()
         finally:
@@ -103,3 +108,40 @@ def test_worker_killed_while_applying_writes_once_and_is_reconciled(django_db_se
         assert changes.expire_changes(now=timezone.now() + timedelta(minutes=6))["reconciled"] == 0
     actions = list(AuditEntry.objects.filter(change=change).order_by("id").values_list("action", flat=True))
     assert actions[:3] == ["proposed", "approved", "applying"] and actions[3] in ("applied", "failed")
+
+
+def test_approval_while_the_broker_is_down_is_applied_once_it_is_back(celery_worker, make_user):
+    """An approver approves while Redis (the broker) is unreachable: the approval stands (no error, nothing
+    lost) and the expiry sweep re-sends it once the broker answers; the device gets exactly one write."""
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from django.db import connection
+    from django.utils import timezone
+
+    from tests.conftest import REPO, _worker_env
+
+    plant = build_plant("brk", gpus=False)
+    operator, approver = make_user("brk-operator", "operator"), make_user("brk-approver", "approver")
+    with ModbusServer() as device:
+        ModbusPoint.objects.create(setpoint=plant.crah_sat, host="127.0.0.1", port=device.port, register=10,
+                                   timeout_seconds=2)
+        change = changes.propose(plant.crah_sat, 18.5, user=operator, rationale="broker down")
+        env = _worker_env(connection.settings_dict["NAME"])
+        env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there: the broker is down for this process
+        approve = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c",
+             f"from control import changes; from django.contrib.auth import get_user_model; "
+             f"changes.approve({change.pk}, get_user_model().objects.get(pk={approver.pk}), 'go')"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        assert approve.returncode == 0, approve.stderr[-2000:]
+        assert "the sweep will re-send it" in approve.stderr
+        assert SetpointChange.objects.get(pk=change.pk).state == ChangeState.APPROVED
+        assert device.writes[1] == []
+        # The broker is back (this process uses the real one): the sweep re-sends, the worker applies once.
+        assert changes.expire_changes(now=timezone.now() + timedelta(minutes=1))["resent"] == 1
+        assert _wait_for(change.pk, {ChangeState.APPLIED, ChangeState.FAILED}).state == ChangeState.APPLIED
+        changes.expire_changes(now=timezone.now() + timedelta(minutes=2))  # a later sweep sends nothing more
+        time.sleep(1)
+        assert device.writes[1] == [(10, [185])]
