@@ -21,11 +21,19 @@ def test_security_headers(client, url):
     assert response["Cross-Origin-Opener-Policy"] == "same-origin"
 
 
-def test_pages_and_docs_have_no_inline_script(role_client):
+def test_pages_and_docs_have_no_inline_script(client, role_client):
+    from facility import facility_file
+    from facility.management.commands.seed_demo import DEMO_FILE
+
+    facility_file.import_facility(facility_file.parse(DEMO_FILE.read_text()))
+    login = client.get("/login/").content.decode()  # signed out
+    assert "<form" in login and not re.search(r"<script(?![^>]*(src=|application/json))[^>]*>", login)
     client = role_client("viewer")
-    for url in ["/login/", "/", "/live/", "/loop/", "/approvals/", "/models/", "/api/docs/", "/api/redoc/",
+    for url in ["/", "/live/", "/loop/", "/control/approvals/", "/models/", "/api/docs/", "/api/redoc/",
                 "/account/api-tokens/"]:
-        body = client.get(url).content.decode()
+        response = client.get(url)
+        assert response.status_code == 200, url
+        body = response.content.decode()
         for attrs, content in re.findall(r"<script([^>]*)>(.*?)</script>", body, re.S):
             data_only = 'type="application/json"' in attrs
             assert data_only or ("src=" in attrs and not content.strip()), (url, attrs, content[:80])

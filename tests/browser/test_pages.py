@@ -229,3 +229,48 @@ def test_loop_draws_predicted_vs_measured_effect_per_change(login):
     assert bars == [-3.0, -2.1]
     assert not page.locator("#effects-empty").is_visible()
     page.locator("#effect-charts").screenshot(path=str(SCREENSHOTS / "operator-loop-effects.png"))
+
+
+@pytest.fixture(scope="module")
+def policy_proposal(live_site, django_db_blocker):
+    """A pending change proposed by the MPC policy (run by the operator), committed for the server to see."""
+    from django.contrib.auth.models import User
+
+    from control import changes
+    from facility.models import Setpoint
+
+    with django_db_blocker.unblock():
+        point = Setpoint.objects.get(cooling_unit__name="cdu-b1", name="secondary_supply_temperature_setpoint")
+        operator = User.objects.get(username=live_site["users"]["operator"][0])
+        return changes.propose(point, point.value - 0.5, user=operator, policy="mpc",
+                               rationale="MPC: colder CDU supply keeps hall-b below its warn margin, 0.4 % more energy",
+                               predicted_effect={"horizon_s": 600, "delta_cooling_kwh": 0.05,
+                                                 "delta_end_max_gpu_temperature_c": -0.8})
+
+
+def test_approver_approves_a_policy_proposal_in_the_browser_and_a_viewer_cannot(login, policy_proposal):
+    card = f"#change-{policy_proposal.pk}"
+    viewer = login("viewer")
+    assert viewer.goto("/control/approvals/").status == 200
+    viewer.wait_for_selector(card)
+    assert viewer.locator(f"{card} [data-action=approve]").count() == 0  # no approve controls for a viewer
+    status = viewer.evaluate("""(pk) => fetch("/control/approvals/", {method: 'POST', credentials: 'same-origin',
+        headers: {'Content-Type': 'application/x-www-form-urlencoded',
+                  'X-CSRFToken': document.cookie.match(/csrftoken=([^;]+)/)[1]},
+        body: `change=${pk}&decision=approve`}).then(r => r.status)""", policy_proposal.pk)
+    assert status == 403
+
+    approver = login("approver")
+    approver.goto("/control/approvals/")
+    approver.wait_for_selector(card)
+    assert "colder CDU supply" in approver.locator(f"{card} .rationale").inner_text()
+    assert "delta_end_max_gpu_temperature_c" in approver.locator(f"{card} .effect").inner_text()
+    approver.fill(f"{card} input[name=comment]", "ok: hall-b is warm")
+    approver.screenshot(path=str(SCREENSHOTS / "approver-approvals.png"), full_page=True)
+    approver.click(f"{card} [data-action=approve]")
+    approver.wait_for_selector(".messages .success", timeout=WAIT_MS)
+    assert "Approved" in approver.locator(".messages").inner_text()
+    # The loop page's setpoint timeline shows the proposal and the approval.
+    approver.goto("/loop/")
+    approver.wait_for_function("Number(document.getElementById('chart-setpoints').dataset.annotations) >= 2",
+                               timeout=WAIT_MS)
