@@ -23,6 +23,7 @@ from facility.models import GPU, Site
 from inference.model import ForecasterConfig, cache_bytes_per_token
 from inference.models import Forecast, InferenceStats, ModelKind, ModelVersion
 from telemetry import live, query
+from telemetry.api.views import error_body
 
 PERMISSION = "inference.view_modelversion"
 # Forecast-vs-actual windows (seconds) and the most forecast rows one window returns per horizon.
@@ -135,25 +136,29 @@ class ModelDataView(RoleRequiredMixin, View):
         uuid = request.GET.get("gpu", "")
         gpu = GPU.objects.filter(uuid=uuid).select_related("node").first()
         if gpu is None:
-            return JsonResponse({"code": "invalid_query", "message": "the query parameters are not valid",
-                                 "errors": [{"item": "gpu", "reason": f"no GPU with UUID {uuid!r}"}]}, status=400)
+            return _invalid("gpu", f"no GPU with UUID {uuid!r}")
         name = request.GET.get("range", "1h")
         if name not in RANGES:
-            return JsonResponse({"code": "invalid_query", "message": "the query parameters are not valid",
-                                 "errors": [{"item": "range", "reason": f"one of {', '.join(RANGES)}"}]}, status=400)
+            return _invalid("range", f"one of {', '.join(RANGES)}")
         end = time.time()
         return JsonResponse(forecast_window(gpu, end - RANGES[name], end))
+
+
+def _invalid(item: str, reason: str) -> JsonResponse:
+    return JsonResponse(error_body("invalid_query", "the query parameters are not valid",
+                                   [{"item": item, "reason": reason}]), status=400)
 
 
 def forecast_window(gpu: GPU, start: float, end: float) -> dict:
     """Per horizon: forecast quantiles at their valid times in [start, end]; the measured series over the
     same span; and per horizon and target the MAE of the median and of persistence where both are known."""
-    longest = max(Forecast.objects.filter(gpu=gpu).values_list("horizon_s", flat=True).distinct(), default=0)
+    horizons_s = sorted(Forecast.objects.filter(gpu=gpu).values_list("horizon_s", flat=True).distinct())
+    longest = max(horizons_s, default=0)
     measured = {s.metric: (np.asarray(s.t, float), np.asarray(s.v, float)) for s in query.gpu_series(
         [gpu], [m for m, _, _ in TARGETS.values()], start - longest, end, max_points=4000)}
     width = query.bucket_seconds(start - longest, end, 4000)
     horizons = {}
-    for horizon in sorted(Forecast.objects.filter(gpu=gpu).values_list("horizon_s", flat=True).distinct()):
+    for horizon in horizons_s:
         rows = list(Forecast.objects.filter(
             gpu=gpu, horizon_s=horizon, made_at__gte=datetime.fromtimestamp(start - horizon, UTC),
             made_at__lt=datetime.fromtimestamp(end - horizon, UTC) + timedelta(seconds=horizon),

@@ -183,8 +183,11 @@ def count_accepted(n: int) -> None:
     from django.core.cache import cache
 
     try:
-        cache.add(ACCEPTED_KEY, 0, timeout=None)
-        cache.incr(ACCEPTED_KEY, n)
+        try:
+            cache.incr(ACCEPTED_KEY, n)  # one round trip per batch on the ingest path
+        except ValueError:  # the first batch since the cache was emptied
+            cache.add(ACCEPTED_KEY, 0, timeout=None)
+            cache.incr(ACCEPTED_KEY, n)
     except Exception:  # a counter must never refuse a batch the buffer already holds
         log.warning("could not count %d accepted samples", n, exc_info=True)
 

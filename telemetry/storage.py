@@ -32,7 +32,10 @@ def ensure_partitions(days: set) -> None:
                     f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF {table} "
                     f"FOR VALUES FROM ('{day:%Y-%m-%d}') TO ('{day + timedelta(days=1):%Y-%m-%d}')"
                 )
-                _known_partitions.add(name)
+                # Remember it only once committed: a partition created inside a transaction that later rolls
+                # back (a caller's atomic block, a test) must be created again next time, not skipped.
+                if not connection.in_atomic_block:
+                    _known_partitions.add(name)
 
 
 def drop_partitions_before(day) -> list[str]:

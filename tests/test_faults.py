@@ -30,6 +30,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from control.tests.factories import free_port
 from facility import facility_file
 from facility.twin import synthetic_facility
 from tests.conftest import REPO
@@ -38,14 +39,6 @@ pytestmark = pytest.mark.slow
 SMALL = {"air_racks": 1, "air_nodes_per_rack": 1, "liquid_racks": 1, "liquid_nodes_per_rack": 1, "crahs": 1,
          "cdus": 1}
 DB = "fusedc_faults"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(predicate, timeout: float, what: str):
@@ -58,7 +51,7 @@ def _wait(predicate, timeout: float, what: str):
 
 class PrivateRedis:
     def __init__(self, directory):
-        self.port, self.dir, self.proc = _free_port(), directory, None
+        self.port, self.dir, self.proc = free_port(), directory, None
 
     def start(self):
         self.proc = subprocess.Popen(
@@ -77,7 +70,7 @@ class PrivateDatabase:
 
     def __init__(self):
         # Its own directory under /tmp: pytest's tmp_path sits below a root-only (0700) directory.
-        self.port, self.dir = _free_port(), Path(tempfile.mkdtemp(prefix="fusedc-faults-pg-")) / "pg"
+        self.port, self.dir = free_port(), Path(tempfile.mkdtemp(prefix="fusedc-faults-pg-")) / "pg"
         self.bin = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]
 
     def _run(self, *args, check=True):
@@ -125,7 +118,7 @@ class Stack:
                         REDIS_URL=f"redis://127.0.0.1:{redis.port}/0", WORKER_HEARTBEAT_INTERVAL="1",
                         TELEMETRY_RECLAIM_IDLE_MS="2000", HEALTHZ_REQUIRED_QUEUES="ingest")
         self.env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        self.port = _free_port()
+        self.port = free_port()
         self.web = self.worker = None
 
     def manage(self, *args) -> str:

@@ -8,6 +8,7 @@ import sys
 import pytest
 from django.test import override_settings
 
+from control.tests.factories import free_port
 from tests.conftest import REPO
 
 
@@ -115,22 +116,22 @@ def test_embedded_demo_serves_with_its_in_process_workers(tmp_path):
     manage = [sys.executable, "manage.py"]
     for command in (["migrate", "--noinput", "-v", "0"], ["seed_demo", "--no-users"]):
         subprocess.run([*manage, *command], cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
-    with socket_port() as port:
-        log = tmp_path / "serve.log"
-        with open(log, "w") as out:
-            server = subprocess.Popen([*manage, "serve", "--port", str(port), "--backfill-minutes", "3"], cwd=REPO,
-                                      env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            db = sqlite3.connect(tmp_path / "fusedc.sqlite3", timeout=30)
-            deadline, stored, rolled = time.monotonic() + 120, 0, 0
-            while time.monotonic() < deadline and not (stored > 256 * 60 and rolled):
-                time.sleep(2)
-                stored = db.execute("SELECT COUNT(*) FROM telemetry_gpusample").fetchone()[0]
-                rolled = db.execute("SELECT COUNT(*) FROM telemetry_gpurollup").fetchone()[0]
-            health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10))
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([*manage, "serve", "--port", str(port), "--backfill-minutes", "3"], cwd=REPO,
+                                  env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        db = sqlite3.connect(tmp_path / "fusedc.sqlite3", timeout=30)
+        deadline, stored, rolled = time.monotonic() + 120, 0, 0
+        while time.monotonic() < deadline and not (stored > 256 * 60 and rolled):
+            time.sleep(2)
+            stored = db.execute("SELECT COUNT(*) FROM telemetry_gpusample").fetchone()[0]
+            rolled = db.execute("SELECT COUNT(*) FROM telemetry_gpurollup").fetchone()[0]
+        health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
     text = log.read_text()
     import re
 
@@ -141,16 +142,3 @@ def test_embedded_demo_serves_with_its_in_process_workers(tmp_path):
     assert stored > 256 * 60 and rolled > 0
     assert health["status"] == "ok" and health["checks"]["celery"]["mode"].startswith("in-process")
 
-
-class socket_port:
-    """A free TCP port on 127.0.0.1 (bound and released on entry)."""
-
-    def __enter__(self):
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    def __exit__(self, *exc):
-        return False

@@ -5,7 +5,6 @@ not installed (`make llm` installs it)."""
 
 import importlib.util
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from control import policies
 from control.policies import candidates as cand
 from control.policies.llm import HTTPBackend, LLMPolicy, LocalBackend, answer_schema, gguf_path, parse_answer
+from control.tests.factories import free_port
 from control.tests.test_mpc import make_state
 
 HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
@@ -103,17 +103,11 @@ def test_chosen_candidate_becomes_proposals_with_the_rationale():
 # ---- the real model ----
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def llm_server(tmp_path_factory):
     if not HAVE_LLAMA:
         pytest.skip("llama-cpp-python is not installed (make llm installs it)")
-    port = _free_port()
+    port = free_port()
     # The server logs a lot while loading: to a file, not a pipe nobody drains (a full pipe blocks it).
     log_path = tmp_path_factory.mktemp("llm") / "server.log"
     log = log_path.open("wb")
