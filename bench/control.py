@@ -4,6 +4,7 @@
     .venv/bin/python bench/control.py                   # full: 7-day episodes, hot/mixed/cool, seeds 0-2
     .venv/bin/python bench/control.py --policy fixed --policy rl --days 1 --climate hot
     .venv/bin/python bench/control.py --checkpoint var/models/rl/x.safetensors   # rl from a file
+    .venv/bin/python bench/control.py --policy fixed --policy mpc --min-throughput 0.97   # mpc with a work floor
 
 Runs `fixed`, `trim_respond`, `pid`, then `mpc` and `llm` where registered, and `rl`: the active RL model
 version, or a given checkpoint; with neither, a small one is trained first (`manage.py control train-rl`;
@@ -61,8 +62,9 @@ def _run(job: dict) -> dict:
 
     facility = yaml.safe_load(DEMO_FILE.read_text())
     try:
-        policy = policies.create(job["policy"], **job["params"])
+        policy = policies.create(job.get("name", job["policy"]), **job["params"])
         r = evaluate(policy, facility, days=job["days"], climate=job["climate"], seed=job["seed"], progress=False)
+        r.policy = job["policy"]  # a variant's label (mpc>=0.97) in the table
     except Exception as exc:  # a controller that cannot run is reported, not fatal
         return {**job, "error": f"{type(exc).__name__}: {exc}"}
     return {**job, "metrics": r.metrics, "wall_s": r.wall_s, "result": r}
@@ -103,6 +105,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, action="append")
     p.add_argument("--checkpoint", help="rl checkpoint (.safetensors) instead of the active model version.")
     p.add_argument("--no-train", action="store_true", help="Skip rl when no model exists instead of training one.")
+    p.add_argument("--min-throughput", type=float, action="append", default=[],
+                   help="Also run mpc with this throughput floor (share of unthrottled; repeat), as mpc>=X.")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="Evaluation processes.")
     p.add_argument("--threads", type=int, default=1, help="Torch threads per process.")
     p.add_argument("--json", help="Also write the results (metrics per run, ratios, targets) here.")
@@ -127,7 +131,12 @@ def main(argv=None) -> int:
             wanted.remove("rl")
         else:
             params["rl"] = {"checkpoint": path}
-    jobs = [{"policy": n, "params": params[n], "climate": c, "seed": s, "days": days}
+    names = {n: n for n in wanted}
+    for floor in args.min_throughput:
+        label = f"mpc>={floor:g}"
+        wanted.append(label)
+        names[label], params[label] = "mpc", {"min_throughput": floor}
+    jobs = [{"policy": n, "name": names[n], "params": params[n], "climate": c, "seed": s, "days": days}
             for n in wanted for c in climates for s in seeds]
     print(f"{len(jobs)} runs: {', '.join(wanted)} × {', '.join(climates)} × seeds {seeds}, {days * 24:g} h each"
           + (f" (rl: {notes['rl']})" if "rl" in notes else ""), flush=True)

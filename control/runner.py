@@ -130,7 +130,7 @@ def _instantiate(name: str, params: dict):
         raise changes.ControlError(f"no policy {name!r}; registered: {', '.join(policies.names())}", "invalid", 400)
     try:
         policy = policies.create(name, **(params or {}))
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # unknown keyword, wrong type, or a value the policy refuses
         raise changes.ControlError(f"bad parameters for {name}: {exc}", "invalid", 400) from None
     if hasattr(policy, "_load"):
         try:

@@ -21,9 +21,10 @@ checks they agree on the same run.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import numpy as np
 
@@ -531,11 +532,13 @@ def twin_frames(
     warmup_s: float = 600.0,
     start: datetime | None = None,
     checkpoint_interval_s: float = 900.0,
+    on_read: Callable[[Any, int], None] | None = None,
 ) -> Frames:
     """Run the twin for ``hours`` and read what its sensors report every ``interval_s``, through the same
     feature assembly as stored telemetry. ``excite_every_s`` moves one random setpoint (CRAH supply air, CDU
     supply or pump speed, within its allowable range) that often so the data shows cooling changes; the
-    first ``warmup_s`` (the twin settling from its initial state) are run but not kept.
+    first ``warmup_s`` (the twin settling from its initial state) are run but not kept. ``on_read(twin, r)``
+    is called at each read ``r`` (grid step r of the frames), e.g. to roll copies of the twin forward.
     """
     from facility.twin import Scenario, SensorConfig, SensorModel, Twin, synthetic_facility
 
@@ -576,6 +579,8 @@ def twin_frames(
             else:
                 hi = min(hi, 35.0)
             twin.write_setpoint(sp["unit"], sp["name"], float(np.round(rng.uniform(lo, hi), 1)))
+        if on_read is not None:
+            on_read(twin, r)
         gpus, units = twin.gpus(), twin.units()
         if sensor is not None:
             gpus, units = sensor.gpus(gpus), sensor.points(units)

@@ -165,9 +165,20 @@ class ForecasterConfig:
     targets: tuple[str, ...] = TARGETS
     features: tuple[str, ...] = FEATURE_NAMES
     throttle_loss_weight: float = 1.0
+    # Typical size of each (horizon, target) change in physical units (``fit`` measures it on the training
+    # data). The head predicts changes in these units, so a clock that barely moves in 10 s and a temperature
+    # that moves degrees in 300 s are learnt on the same footing; None uses each feature's scale.
+    delta_scales: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         self.horizons_s = tuple(float(h) for h in self.horizons_s)
+        if self.delta_scales is not None:
+            self.delta_scales = tuple(tuple(float(v) for v in row) for row in self.delta_scales)
+            if len(self.delta_scales) != len(self.horizons_s) or any(
+                    len(row) != len(self.targets) for row in self.delta_scales):
+                raise ValueError("delta_scales must be (horizons, targets)")
+            if not all(v > 0 for row in self.delta_scales for v in row):
+                raise ValueError("delta_scales must be positive")
         self.quantiles = tuple(float(q) for q in self.quantiles)
         self.targets = tuple(self.targets)
         self.features = tuple(self.features)
@@ -216,7 +227,16 @@ class ForecasterConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        if self.delta_scales is not None:
+            out["delta_scales"] = [list(row) for row in self.delta_scales]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    def normalised_delta_scales(self) -> torch.Tensor:
+        """(horizons, targets): ``delta_scales`` in each target's normalised units (1 without them)."""
+        if self.delta_scales is None:
+            return torch.ones(len(self.horizons_s), len(self.targets))
+        feature_scale = torch.tensor([_FEATURE_BY_NAME[t].scale for t in self.targets])
+        return torch.tensor(self.delta_scales) / feature_scale
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,6 +431,8 @@ class TelemetryForecaster(nn.Module):
         self.quantile_head = nn.Linear(config.hidden_size, n_h * n_t * n_q)
         self.throttle_head = nn.Linear(config.hidden_size, n_h)
         self._target_index = [FEATURE_NAMES.index(t) for t in config.targets]
+        # Derived from the config, so not saved with the weights.
+        self.register_buffer("delta_scale", config.normalised_delta_scales(), persistent=False)
         # Start at persistence: zero delta for the first quantile, the rest spread by softplus(0).
         nn.init.zeros_(self.quantile_head.weight)
         nn.init.zeros_(self.quantile_head.bias)
@@ -445,6 +467,7 @@ class TelemetryForecaster(nn.Module):
         raw = self.quantile_head(x).view(bsz, seq, n_h, n_t, n_q)
         # Monotone quantiles: the lowest, then non-negative increments (no crossing by construction).
         steps = torch.cat((raw[..., :1], F.softplus(raw[..., 1:])), dim=-1).cumsum(-1)
+        steps = steps * self.delta_scale.to(steps.dtype)[:, :, None]
         last = encoded[..., self._target_index]  # current values, normalised (0 where missing)
         quantiles = last[:, :, None, :, None] + steps
         outputs = {"quantiles": quantiles, "throttle_logits": self.throttle_head(x)}
@@ -465,12 +488,14 @@ def forecast_loss(
 
     ``targets``: (batch, seq, horizons, targets) physical values at t + horizon, NaN where unknown (end of
     the series, missing samples). ``throttled``: (batch, seq, horizons) in {0, 1}, NaN where unknown, or
-    None. Returns ``{"loss", "pinball", "throttle"}``; the pinball term is averaged over known targets.
+    None. Returns ``{"loss", "pinball", "throttle"}``; the pinball term is averaged over known targets, each
+    error measured in its (horizon, target)'s ``delta_scales`` so every forecast counts alike.
     """
     y = normalise_targets(targets, config.targets).to(outputs["quantiles"].dtype)[..., None]
     known = ~torch.isnan(y)
     q = torch.tensor(config.quantiles, dtype=y.dtype, device=y.device)
-    err = torch.where(known, y, 0.0) - outputs["quantiles"]
+    scale = config.normalised_delta_scales().to(y)[:, :, None]
+    err = (torch.where(known, y, 0.0) - outputs["quantiles"]) / scale
     pinball = torch.maximum(q * err, (q - 1) * err)
     pinball = (pinball * known).sum() / (known.sum() * len(config.quantiles)).clamp_min(1)
     bce = pinball.new_zeros(())

@@ -11,6 +11,7 @@ split by time → fit → checkpoint → ``ModelVersion``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import random
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from inference.dataset import HORIZONS_S, Frames, Windows
-from inference.model import FEATURES, ForecasterConfig, TelemetryForecaster, forecast_loss
+from inference.model import FEATURE_NAMES, FEATURES, ForecasterConfig, TelemetryForecaster, forecast_loss
 
 __all__ = ["FitResult", "FitSettings", "evaluate", "fit", "make_config", "prepare", "seed_everything", "train_site"]
 
@@ -115,13 +116,16 @@ def fit(
     *,
     on_epoch: Callable[[dict], None] | None = None,
 ) -> FitResult:
-    """Train a fresh model (deterministic for a seed on one thread count), early-stopped on validation loss."""
+    """Train a fresh model (deterministic for a seed on one thread count), early-stopped on validation loss.
+    A config without ``delta_scales`` gets them measured on ``train`` (the model's ``config`` has them)."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
     seed_everything(settings.seed)
-    model = TelemetryForecaster(config)
     if not len(train):
         raise ValueError("no training windows: the data range is too short for the training window")
+    if config.delta_scales is None:
+        config = dataclasses.replace(config, delta_scales=measure_delta_scales(train, config))
+    model = TelemetryForecaster(config)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(train) / settings.batch_size)
     total_steps = max(1, steps_per_epoch * settings.epochs)
@@ -171,6 +175,18 @@ def fit(
     model.load_state_dict(best[2])
     model.eval()
     return FitResult(model, curves, best[1], time.perf_counter() - start)
+
+
+def measure_delta_scales(w: Windows, config: ForecasterConfig) -> tuple[tuple[float, ...], ...]:
+    """Mean absolute change of each target over each horizon in ``w`` (physical units), floored at 0.1 %
+    of the feature's scale so a target that never moves still has a usable unit."""
+    current = w.features[..., [FEATURE_NAMES.index(t) for t in config.targets]]  # (n, len, targets)
+    change = np.abs(w.targets - current[:, :, None, :])  # (n, len, horizons, targets)
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(change.reshape(-1, *change.shape[2:]), axis=0)
+    scale = np.array([_FEATURE_BY_NAME[t].scale for t in config.targets])
+    mean = np.where(np.isfinite(mean), np.maximum(mean, 1e-3 * scale), scale)  # no data: the feature's scale
+    return tuple(tuple(float(v) for v in row) for row in mean)
 
 
 @torch.no_grad()
@@ -273,7 +289,7 @@ def train_site(
     directory = Path(model_dir or django_settings.MODEL_DIR)
     saved = save_checkpoint(result.model, directory, name)
     version = ModelVersion.objects.create(
-        name=name, kind=kind, site=site, config=config.to_dict(), features=list(config.features),
+        name=name, kind=kind, site=site, config=result.model.config.to_dict(), features=list(config.features),
         data_start=datetime.fromtimestamp(frames.start_s, UTC), data_end=datetime.fromtimestamp(frames.end_s, UTC),
         metrics=metrics, training_curves=result.curves, checkpoint_path=str(saved.weights),
         checksum_sha256=saved.sha256, training_seconds=result.seconds,

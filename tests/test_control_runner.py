@@ -122,6 +122,9 @@ def test_policy_runs_api(role_client, make_user):
     short = client.post("/api/v1/policy-runs/", {"site": "ra", "policy": "pid", "interval_seconds": 1},
                         content_type="application/json")
     assert short.status_code == 400 and short.json()["errors"][0]["item"] == "interval_seconds"
+    floor = client.post("/api/v1/policy-runs/", {"site": "ra", "policy": "mpc", "params": {"min_throughput": 1.5}},
+                        content_type="application/json")
+    assert floor.status_code == 400 and "min_throughput" in floor.json()["message"], floor.json()
     rl = client.post("/api/v1/policy-runs/", {"site": "ra", "policy": "rl"}, content_type="application/json")
     assert rl.status_code == 422 and rl.json()["code"] == "policy_unavailable"
     listed = client.get("/api/v1/policy-runs/?site=ra&enabled=true").json()["results"]

@@ -235,6 +235,7 @@ class Outcome:
     tail_tflop: float = 0.0
     end_max_gpu_c: float = math.nan  # hottest GPU at the end of the horizon (max_gpu_c: over it)
     tail_s: float = 0.0  # length of the continuation; its hot GPU-seconds and shutdowns count above
+    tail_ref_tflop: float = 0.0  # the continuation's work at clock fraction 1
 
     @property
     def kwh_per_eflop(self) -> float:
@@ -243,6 +244,12 @@ class Outcome:
     @property
     def throughput_ratio(self) -> float:
         return self.tflop / self.ref_tflop if self.ref_tflop > 0 else math.nan
+
+    @property
+    def sustained_throughput_ratio(self) -> float:
+        """Over the horizon and its continuation: a supply change reaches GPU clocks minutes later."""
+        ref = self.ref_tflop + self.tail_ref_tflop
+        return (self.tflop + self.tail_tflop) / ref if ref > 0 else math.nan
 
     def effect(self, hold: Outcome | None = None) -> dict[str, Any]:
         """The `Proposal.predicted_effect` the approver sees (deltas against holding, where given); JSON-safe
@@ -277,9 +284,13 @@ class Outcome:
 
 
 def score(o: Outcome, gpus: int, terminal_s: float = 300.0, hot_weight: float = 0.2,
-          throttle_weight: float = 0.5, shutdown_weight: float = 10.0) -> float:
+          throttle_weight: float = 0.5, shutdown_weight: float = 10.0, min_throughput: float | None = None,
+          floor_weight: float = 100.0) -> float:
     """kWh per EFLOP over the horizon plus `terminal_s` at the end-of-horizon rates, times (1 + penalties);
-    the penalties are shares of GPU-time hot (>85 C) or thermally throttled, and shutdowns per GPU."""
+    the penalties are shares of GPU-time hot (>85 C) or thermally throttled, shutdowns per GPU, and (with
+    `min_throughput`, a share of unthrottled work) the predicted shortfall below that floor over the horizon
+    and its continuation: each point below it costs `floor_weight` points of objective, far more than any
+    energy a move saves."""
     if o.tail_tflop > 0:  # a predicted continuation replaces the held end rates
         kwh, tflop = o.facility_kwh + o.tail_kwh, o.tflop + o.tail_tflop
     else:
@@ -290,6 +301,8 @@ def score(o: Outcome, gpus: int, terminal_s: float = 300.0, hot_weight: float = 
     gpu_s = max(gpus, 1) * max(o.horizon_s + o.tail_s, 1.0)
     pen = (hot_weight * o.gpu_s_above_85c / gpu_s + throttle_weight * o.gpu_s_thermal_throttled / gpu_s
            + shutdown_weight * o.shutdowns / max(gpus, 1))
+    if min_throughput is not None and math.isfinite(o.sustained_throughput_ratio):
+        pen += floor_weight * max(0.0, min_throughput - o.sustained_throughput_ratio)
     return kwh / (tflop / 1e6) * (1.0 + pen)
 
 
@@ -376,16 +389,18 @@ class TwinPredictor:
             thermal = (b.phi < THROTTLE_PHI) & ~b.shutdown & ((b.clocks_event_reasons() & THERMAL_BITS) != 0)
             thr += float(thermal.sum()) * dt
         end_max = float(b.tj.max()) if b.n else math.nan
-        tail_kwh = tail_tflop = 0.0
+        tail_kwh = tail_tflop = tail_ref = 0.0
         for _ in range(self.tail_steps):
             tw.step(1, self.tail_step_s)
             it_kw = float(tw.node_power_w.sum()) / 1000
             tail_kwh += (it_kw + tw.plant.cooling_kw + tw.plant.losses_kw(it_kw)) * self.tail_step_s / 3600
             tail_tflop += float(b.tflops().sum()) * self.tail_step_s
+            tail_ref += float((tw.workload.tflops_max * tw.workload.u).sum()) * self.tail_step_s
             hot += float((b.tj > HOT_C).sum()) * self.tail_step_s
         self.rollouts += 1
         return Outcome(self.horizon_s, fac, it, cool, tflop, ref, tmax, hot, thr, int(b.shutdown_events - shut0),
-                       fac_kw, tflops, self.name, tail_kwh, tail_tflop, end_max, self.tail_steps * self.tail_step_s)
+                       fac_kw, tflops, self.name, tail_kwh, tail_tflop, end_max, self.tail_steps * self.tail_step_s,
+                       tail_ref)
 
     def predict(self, state: State, candidates: Sequence[Candidate]) -> list[Outcome]:
         return [self.rollout(c.targets) for c in candidates]

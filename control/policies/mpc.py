@@ -11,8 +11,9 @@ Each decision:
    `SurrogatePredictor`; a predictor can also be passed in (`MPC(predictor=...)`);
 3. a second round: the single moves that beat hold, merged (`candidates.combine`), predicted too;
 4. choice: the lowest `candidates.score` (facility kWh per EFLOP with an end-of-horizon term, penalised
-   for GPU-seconds above 85 C, thermal throttling and shutdowns); it must beat hold by `min_gain`
-   (relative) or the MPC holds - this keeps it from chattering on noise-level gains.
+   for GPU-seconds above 85 C, thermal throttling, shutdowns and, with `min_throughput` (an operator's
+   floor on work done, as a share of unthrottled), any predicted shortfall below that floor); it must beat
+   hold by `min_gain` (relative) or the MPC holds - this keeps it from chattering on noise-level gains.
 
 The Policy interface stays as it is: the only thing the MPC needs from a run is the predictor, and it
 reads it from the context (`getattr(context, "predictor", None)`), so the baselines and the gym env are
@@ -88,7 +89,11 @@ class MPC(Policy):
 
     def __init__(self, predictor: cand.Predictor | None = None, horizon_steps: int = 5, step_s: float = 30.0,
                  terminal_s: float = 300.0, min_gain: float = 2e-4, hot_c: float = 82.0,
-                 interlock_margin_k: float = 5.0, combine: bool = True, steps: dict[str, float] | None = None):
+                 interlock_margin_k: float = 5.0, combine: bool = True, steps: dict[str, float] | None = None,
+                 min_throughput: float | None = None):
+        if min_throughput is not None and not 0 < min_throughput <= 1:
+            raise ValueError(f"min_throughput must be a share of unthrottled work in (0, 1], got {min_throughput}")
+        self.min_throughput = min_throughput
         self._given = predictor
         self.predictor: cand.Predictor | None = predictor
         self.horizon_steps, self.step_s = horizon_steps, step_s
@@ -106,6 +111,9 @@ class MPC(Policy):
             self.predictor = cand.default_predictor()
         return self.predictor
 
+    def _score(self, outcome: cand.Outcome, gpus: int) -> float:
+        return cand.score(outcome, gpus, self.terminal_s, min_throughput=self.min_throughput)
+
     def decide(self, state: State) -> Decision:
         """Candidates, predictions, scores and the best candidate (index 0 is hold)."""
         cs = cand.generate(state, self.steps, self.hot_c, self.interlock_margin_k)
@@ -114,14 +122,14 @@ class MPC(Policy):
             return Decision(cs, [], [0.0], 0, pred.name, ["no point can move now"])
         n = cand.gpu_count(state)
         outs = pred.predict(state, cs)
-        scores = [cand.score(o, n, self.terminal_s) for o in outs]
+        scores = [self._score(o, n) for o in outs]
         if self.combine:
             merged = cand.combine(state, cs, scores, self.hot_c, self.interlock_margin_k)
             if merged is not None:
                 o = pred.predict(state, [merged])[0]
                 cs.append(merged)
                 outs.append(o)
-                scores.append(cand.score(o, n, self.terminal_s))
+                scores.append(self._score(o, n))
         best = min(range(len(cs)), key=lambda i: (scores[i], i))
         d = Decision(cs, outs, scores, best, pred.name)
         if best and not scores[best] < scores[0] * (1 - self.min_gain):

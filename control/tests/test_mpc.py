@@ -149,6 +149,39 @@ def test_surrogate_directions():
     assert s.gpu_shift_k(state, state.halls["hall-a"], {("crah-a1", SAT): 19.0, ("crah-a2", SAT): 19.0}) == -1.0
 
 
+class WarmthCostsWork:
+    """Warmer setpoints save energy per unit of work but throttle: throughput 0.98 at hold, 1 point less per
+    kelvin of warmth (the seed profile's soft derate, exaggerated)."""
+
+    name = "warmth-costs-work"
+
+    def predict(self, state, candidates):
+        out = []
+        for c in candidates:
+            warmth = sum((v - state.setpoints[k].command) * (-1 if k[1] == CDU_PUMP else 1)
+                         for k, v in c.targets.items())
+            tflop = 1e7 * (0.98 - 0.01 * warmth)
+            kwh = 10.0 - 0.5 * warmth
+            out.append(cand.Outcome(150.0, kwh, 8.0, 2.0, tflop, 1e7, 70.0 + warmth, end_facility_kw=kwh * 24,
+                                    end_tflops=tflop / 150, source=self.name))
+        return out
+
+
+def test_a_throughput_floor_stops_the_mpc_trading_work_for_energy():
+    state = make_state()
+    free = MPC(predictor=WarmthCostsWork())
+    free.reset(PolicyContext({}, {}, 30.0))
+    assert any(p.value > state.setpoints[p.key].command for p in free.propose(state)
+               if p.setpoint in (SAT, CDU_SUPPLY)), "without a floor, warmer is cheaper per unit of work"
+    floored = MPC(predictor=WarmthCostsWork(), min_throughput=0.985)
+    floored.reset(PolicyContext({}, {}, 30.0))
+    proposals = floored.propose(state)
+    assert proposals, "below the floor it must act to recover throughput"
+    assert not _raises_supply(state, proposals, "hall-a") and not _raises_supply(state, proposals, "hall-b")
+    with pytest.raises(ValueError, match="min_throughput"):
+        MPC(min_throughput=1.5)
+
+
 def test_mpc_without_a_run_predictor_uses_the_surrogate():
     mpc = MPC()
     mpc.reset(PolicyContext({}, {}, 30.0))

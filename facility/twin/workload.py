@@ -54,6 +54,11 @@ class WorkloadTrace:
         self._last_inference = None
         self.version = 0  # bumped whenever u changes
 
+    def reseed(self, seed) -> None:
+        """Draw a different future of the random variation from here on (what-if rollouts of a copied twin
+        that must not know the run's own future)."""
+        self._rng = np.random.default_rng(seed)
+
     def update(self, t_s: float, local_hour: float) -> None:
         """Bring `self.u` to time t_s (seconds since start); `local_hour` drives the diurnal curve."""
         m = self._mask

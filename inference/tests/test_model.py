@@ -10,6 +10,7 @@ from inference.mla import MLACache
 from inference.model import (
     FEATURE_NAMES,
     FEATURES,
+    TARGETS,
     ForecasterConfig,
     MHACache,
     TelemetryForecaster,
@@ -141,6 +142,32 @@ def test_config_json_round_trip():
     assert again == config
     with pytest.raises(ValueError, match="feature"):
         ForecasterConfig(features=("gpu_temperature_celsius",))
+    scaled = ForecasterConfig(horizons_s=(5, 30), delta_scales=((0.2, 1.0, 5.0), (1.0, 3.0, 20.0)))
+    assert ForecasterConfig.from_dict(json.loads(json.dumps(scaled.to_dict()))) == scaled
+    with pytest.raises(ValueError, match=r"\(horizons, targets\)"):
+        ForecasterConfig(horizons_s=(5, 30), delta_scales=((1.0, 1.0, 1.0),))
+    with pytest.raises(ValueError, match="positive"):
+        ForecasterConfig(horizons_s=(5,), delta_scales=((1.0, 0.0, 1.0),))
+
+
+def test_delta_scales_set_the_unit_of_the_predicted_change():
+    """The head predicts changes in each (horizon, target)'s delta scale: the same head output moves a
+    forecast by twice as much where the scale is twice as big, and the loss weighs errors in those units."""
+    base = ForecasterConfig(horizons_s=(10, 60), num_layers=1)
+    scaled = ForecasterConfig(horizons_s=(10, 60), num_layers=1, delta_scales=((0.5, 2.0, 10.0), (1.0, 4.0, 20.0)))
+    torch.manual_seed(0)
+    a, b = TelemetryForecaster(base), TelemetryForecaster(scaled)
+    b.load_state_dict(a.state_dict())  # the scales are derived from the config, not stored weights
+    torch.nn.init.normal_(a.quantile_head.bias)
+    b.quantile_head.bias.data.copy_(a.quantile_head.bias)
+    x = torch.randn(1, 4, len(FEATURE_NAMES)) + 40
+    with torch.no_grad():
+        qa = a(x, torch.arange(4), use_cache=False)[0]["quantiles"]
+        qb = b(x, torch.arange(4), use_cache=False)[0]["quantiles"]
+    last = encode_features(x)[..., [FEATURE_NAMES.index(t) for t in TARGETS]][:, :, None, :, None]
+    ratio = (qb - last) / (qa - last)
+    expected = scaled.normalised_delta_scales()[None, None, :, :, None].expand_as(ratio)
+    torch.testing.assert_close(ratio, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_encode_features_flags_missing():

@@ -19,7 +19,7 @@ from inference.dataset import (
     twin_frames,
 )
 from inference.model import FEATURE_NAMES, TARGETS, TelemetryForecaster
-from inference.training import FitSettings, evaluate, fit, make_config, prepare
+from inference.training import FitSettings, evaluate, fit, make_config, measure_delta_scales, prepare
 
 F = {name: i for i, name in enumerate(FEATURE_NAMES)}
 SMALL = {"air_racks": 1, "air_nodes_per_rack": 1, "liquid_racks": 1, "liquid_nodes_per_rack": 2, "crahs": 2,
@@ -195,6 +195,28 @@ def test_tiny_training_run_beats_persistence():
     assert m["n"] > 100
     assert m["mae"] < 0.8 * m["persistence_mae"], m
     assert 0.3 < m["coverage_p10_p90"] <= 1.0
+
+
+def test_fit_measures_delta_scales_and_the_checkpoint_keeps_them(tmp_path):
+    """The typical change per (horizon, target) is measured on the training windows: clocks that sit at
+    their maximum barely move in 10 s, temperatures move more over 60 s than over 10 s."""
+    frames = twin_frames(synthetic_facility(**SMALL), hours=0.15, interval_s=5, seed=1, warmup_s=60)
+    settings = FitSettings(epochs=1, window=24, stride=24, batch_size=8, threads=1, progress=False)
+    config = make_config(5.0, window=24, num_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2)
+    train, val, _ = prepare(frames, settings, config)
+    scales = np.array(measure_delta_scales(train, config))  # (horizons, targets)
+    temp = TARGETS.index("gpu_temperature_celsius")
+    assert scales.shape == (3, len(TARGETS)) and (scales > 0).all()
+    assert scales[1, temp] > scales[0, temp]
+    current = train.features[..., F["gpu_temperature_celsius"]]
+    expected = np.nanmean(np.abs(train.targets[:, :, 0, temp] - current))
+    assert scales[0, temp] == pytest.approx(expected, rel=1e-5)
+    result = fit(config, train, val, settings)
+    assert result.model.config.delta_scales == tuple(tuple(row) for row in scales.tolist())
+    saved = save_checkpoint(result.model, tmp_path, "scaled")
+    loaded = load_checkpoint(saved.weights, expected_config=result.model.config.to_dict())
+    assert loaded.config.delta_scales == result.model.config.delta_scales
+    torch.testing.assert_close(loaded.delta_scale, result.model.delta_scale)
 
 
 def test_training_is_deterministic_for_a_seed():
