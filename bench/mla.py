@@ -298,7 +298,9 @@ def accuracy_on_heldout_twin_data(args) -> None:
     frames = twin_frames(hours=args.accuracy_hours, interval_s=interval_s, seed=args.accuracy_seed,
                          on_read=bound.on_read)
     gen_s = time.perf_counter() - started
-    settings = FitSettings(epochs=args.accuracy_epochs, window=96, stride=48, warmup=24,
+    # Scored steps have the model's whole sliding window (half the training window) of history, as in serving.
+    window = args.accuracy_window
+    settings = FitSettings(epochs=args.accuracy_epochs, window=window, stride=window // 2, warmup=window // 2,
                            max_train_windows=args.accuracy_windows, threads=args.threads or 1, progress=False,
                            seed=args.accuracy_seed)
     print(f"\nAccuracy on held-out twin data: {len(frames.uuids)} GPUs x {frames.steps} steps of "
@@ -363,6 +365,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--accuracy-epochs", type=int, default=None, help="max epochs (default 10; quick 3)")
     parser.add_argument("--accuracy-windows", type=int, default=None,
                         help="training windows per epoch (default 1,024; quick 256)")
+    parser.add_argument("--accuracy-window", type=int, default=96,
+                        help="training window in 5 s steps (default 96; the model attends to half of it)")
     parser.add_argument("--accuracy-seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.quick:

@@ -14,8 +14,9 @@ serving worker use). Imports only torch and the standard library.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -169,16 +170,25 @@ class ForecasterConfig:
     # data). The head predicts changes in these units, so a clock that barely moves in 10 s and a temperature
     # that moves degrees in 300 s are learnt on the same footing; None uses each feature's scale.
     delta_scales: tuple[tuple[float, ...], ...] | None = None
+    # Conformal widening of the outer quantiles, (horizons, targets) in physical units: ``fit`` measures on the
+    # validation block how far outcomes fall outside the p10-p90 band and moves both ends by that much
+    # (negative narrows), so the band covers its nominal share of outcomes.
+    interval_adjust: tuple[tuple[float, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         self.horizons_s = tuple(float(h) for h in self.horizons_s)
-        if self.delta_scales is not None:
-            self.delta_scales = tuple(tuple(float(v) for v in row) for row in self.delta_scales)
-            if len(self.delta_scales) != len(self.horizons_s) or any(
-                    len(row) != len(self.targets) for row in self.delta_scales):
-                raise ValueError("delta_scales must be (horizons, targets)")
-            if not all(v > 0 for row in self.delta_scales for v in row):
-                raise ValueError("delta_scales must be positive")
+        for name in ("delta_scales", "interval_adjust"):
+            table = getattr(self, name)
+            if table is None:
+                continue
+            table = tuple(tuple(float(v) for v in row) for row in table)
+            if len(table) != len(self.horizons_s) or any(len(row) != len(self.targets) for row in table):
+                raise ValueError(f"{name} must be (horizons, targets)")
+            if not all(math.isfinite(v) for row in table for v in row):
+                raise ValueError(f"{name} must be finite")
+            setattr(self, name, table)
+        if self.delta_scales is not None and not all(v > 0 for row in self.delta_scales for v in row):
+            raise ValueError("delta_scales must be positive")
         self.quantiles = tuple(float(q) for q in self.quantiles)
         self.targets = tuple(self.targets)
         self.features = tuple(self.features)
@@ -227,8 +237,9 @@ class ForecasterConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if self.delta_scales is not None:
-            out["delta_scales"] = [list(row) for row in self.delta_scales]
+        for name in ("delta_scales", "interval_adjust"):
+            if getattr(self, name) is not None:
+                out[name] = [list(row) for row in getattr(self, name)]
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     def normalised_delta_scales(self) -> torch.Tensor:
@@ -237,6 +248,13 @@ class ForecasterConfig:
             return torch.ones(len(self.horizons_s), len(self.targets))
         feature_scale = torch.tensor([_FEATURE_BY_NAME[t].scale for t in self.targets])
         return torch.tensor(self.delta_scales) / feature_scale
+
+    def normalised_interval_adjust(self) -> torch.Tensor:
+        """(horizons, targets): ``interval_adjust`` in each target's normalised units (0 without it)."""
+        if self.interval_adjust is None:
+            return torch.zeros(len(self.horizons_s), len(self.targets))
+        feature_scale = torch.tensor([_FEATURE_BY_NAME[t].scale for t in self.targets])
+        return torch.tensor(self.interval_adjust) / feature_scale
 
 
 # --------------------------------------------------------------------------------------------------
@@ -433,6 +451,7 @@ class TelemetryForecaster(nn.Module):
         self._target_index = [FEATURE_NAMES.index(t) for t in config.targets]
         # Derived from the config, so not saved with the weights.
         self.register_buffer("delta_scale", config.normalised_delta_scales(), persistent=False)
+        self.register_buffer("interval_adjust", config.normalised_interval_adjust(), persistent=False)
         # Start at persistence: zero delta for the first quantile, the rest spread by softplus(0).
         nn.init.zeros_(self.quantile_head.weight)
         nn.init.zeros_(self.quantile_head.bias)
@@ -470,8 +489,25 @@ class TelemetryForecaster(nn.Module):
         steps = steps * self.delta_scale.to(steps.dtype)[:, :, None]
         last = encoded[..., self._target_index]  # current values, normalised (0 where missing)
         quantiles = last[:, :, None, :, None] + steps
+        if cfg.interval_adjust is not None and n_q >= 3:
+            quantiles = self._widen(quantiles)
         outputs = {"quantiles": quantiles, "throttle_logits": self.throttle_head(x)}
         return outputs, (new_cache if new_cache else None)
+
+
+    def _widen(self, quantiles: torch.Tensor) -> torch.Tensor:
+        """Move the outermost quantiles out by ``interval_adjust`` (in by a negative one, never past the
+        median); the inner ones stay as trained."""
+        adj = self.interval_adjust.to(quantiles.dtype)
+        mid = quantiles[..., len(self.config.quantiles) // 2]
+        lo = torch.minimum(quantiles[..., 0] - adj, mid)
+        hi = torch.maximum(quantiles[..., -1] + adj, mid)
+        return torch.cat((lo[..., None], quantiles[..., 1:-1], hi[..., None]), dim=-1)
+
+    def set_interval_adjust(self, adjust: Sequence[Sequence[float]] | None) -> None:
+        """Calibrate the bands after training (``ForecasterConfig.interval_adjust``)."""
+        self.config = replace(self.config, interval_adjust=adjust)
+        self.interval_adjust = self.config.normalised_interval_adjust().to(self.interval_adjust)
 
 
 # --------------------------------------------------------------------------------------------------

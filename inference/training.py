@@ -26,7 +26,10 @@ import torch
 from inference.dataset import HORIZONS_S, Frames, Windows
 from inference.model import FEATURE_NAMES, FEATURES, ForecasterConfig, TelemetryForecaster, forecast_loss
 
-__all__ = ["FitResult", "FitSettings", "evaluate", "fit", "make_config", "prepare", "seed_everything", "train_site"]
+__all__ = [
+    "FitResult", "FitSettings", "conformal_interval_adjust", "evaluate", "fit", "make_config", "measure_delta_scales",
+    "prepare", "seed_everything", "train_site",
+]
 
 log = logging.getLogger(__name__)
 _FEATURE_BY_NAME = {f.name: f for f in FEATURES}
@@ -48,6 +51,7 @@ class FitSettings:
     warmup: int = 24
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     max_train_windows: int | None = None
+    calibrate_intervals: bool = True  # conformal p10-p90 widths from the validation block
     threads: int | None = None
     progress: bool = True
 
@@ -174,7 +178,45 @@ def fit(
             bar.close()
     model.load_state_dict(best[2])
     model.eval()
+    if settings.calibrate_intervals and len(val):
+        model.set_interval_adjust(conformal_interval_adjust(model, val))
     return FitResult(model, curves, best[1], time.perf_counter() - start)
+
+
+@torch.no_grad()
+def conformal_interval_adjust(model: TelemetryForecaster, w: Windows, batch_size: int = 64,
+                              min_points: int = 20) -> tuple[tuple[float, ...], ...] | None:
+    """How far to move the outermost quantiles so that on ``w`` they cover their nominal share of outcomes
+    (split-conformal quantile regression, Romano et al. 2019): per (horizon, target), the finite-sample
+    ``nominal`` quantile of ``max(lo - y, y - hi)``, in physical units (0 where fewer than ``min_points``)."""
+    cfg = model.config
+    if len(cfg.quantiles) < 3 or not len(w):
+        return None
+    model.set_interval_adjust(None)  # measured against the bands as trained
+    model.eval()
+    nominal = cfg.quantiles[-1] - cfg.quantiles[0]
+    scores: list[list[list[np.ndarray]]] = [[[] for _ in cfg.targets] for _ in cfg.horizons_s]
+    for x, pos, y, _thr, idx in _batches(w, batch_size):
+        quant = model(x, pos, use_cache=False)[0]["quantiles"].numpy()  # (b, s, h, t, q) normalised
+        scored, y = w.scored[idx], y.numpy()
+        for t, name in enumerate(cfg.targets):
+            f = _FEATURE_BY_NAME[name]
+            lo, hi = (quant[..., t, i] * f.scale + f.offset for i in (0, -1))  # (b, s, h)
+            truth = y[..., t]
+            ok = scored[..., None] & ~np.isnan(truth)
+            outside = np.maximum(lo - truth, truth - hi)
+            for h in range(len(cfg.horizons_s)):
+                scores[h][t].append(outside[..., h][ok[..., h]])
+    adjust = []
+    for row in scores:
+        out = []
+        for parts in row:
+            e = np.concatenate(parts)
+            n = len(e)
+            out.append(float(np.quantile(e, min(1.0, math.ceil((n + 1) * nominal) / n), method="higher"))
+                       if n >= min_points else 0.0)
+        adjust.append(tuple(out))
+    return tuple(adjust)
 
 
 def measure_delta_scales(w: Windows, config: ForecasterConfig) -> tuple[tuple[float, ...], ...]:

@@ -148,7 +148,14 @@ class MPC(Policy):
                 f"cooling {_f(e['delta_cooling_kwh'], '+.4f')} kWh over the horizon, hottest GPU "
                 f"{o.end_max_gpu_c:.1f} C "
                 f"at its end ({_f(e['delta_end_max_gpu_temperature_c'], '+.2f')} K), throughput "
-                f"{_f(e['delta_throughput_pct'], '+.3f')} %.")
+                f"{_f(e['delta_throughput_pct'], '+.3f')} %." + self._floor_note(o, hold))
+
+    def _floor_note(self, o: cand.Outcome, hold: cand.Outcome) -> str:
+        if self.min_throughput is None:
+            return ""
+        return (f" Throughput floor {100 * self.min_throughput:.2f} % of unthrottled: sustained "
+                f"{100 * hold.sustained_throughput_ratio:.2f} % holding, {100 * o.sustained_throughput_ratio:.2f} % "
+                "with this move.")
 
     def propose(self, state: State) -> list[Proposal]:
         self.decisions += 1

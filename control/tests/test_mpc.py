@@ -178,6 +178,7 @@ def test_a_throughput_floor_stops_the_mpc_trading_work_for_energy():
     proposals = floored.propose(state)
     assert proposals, "below the floor it must act to recover throughput"
     assert not _raises_supply(state, proposals, "hall-a") and not _raises_supply(state, proposals, "hall-b")
+    assert "Throughput floor 98.50 % of unthrottled: sustained 98.00 % holding" in proposals[0].rationale
     with pytest.raises(ValueError, match="min_throughput"):
         MPC(min_throughput=1.5)
 

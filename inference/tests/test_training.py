@@ -19,7 +19,15 @@ from inference.dataset import (
     twin_frames,
 )
 from inference.model import FEATURE_NAMES, TARGETS, TelemetryForecaster
-from inference.training import FitSettings, evaluate, fit, make_config, measure_delta_scales, prepare
+from inference.training import (
+    FitSettings,
+    conformal_interval_adjust,
+    evaluate,
+    fit,
+    make_config,
+    measure_delta_scales,
+    prepare,
+)
 
 F = {name: i for i, name in enumerate(FEATURE_NAMES)}
 SMALL = {"air_racks": 1, "air_nodes_per_rack": 1, "liquid_racks": 1, "liquid_nodes_per_rack": 2, "crahs": 2,
@@ -217,6 +225,35 @@ def test_fit_measures_delta_scales_and_the_checkpoint_keeps_them(tmp_path):
     loaded = load_checkpoint(saved.weights, expected_config=result.model.config.to_dict())
     assert loaded.config.delta_scales == result.model.config.delta_scales
     torch.testing.assert_close(loaded.delta_scale, result.model.delta_scale)
+
+
+def test_fit_calibrates_the_bands_on_the_validation_block(tmp_path):
+    """Split-conformal: after fit, the p10-p90 band covers at least 80 % of the validation outcomes for every
+    horizon and target (it did not as trained), and the checkpoint carries the widening."""
+    frames = twin_frames(synthetic_facility(**SMALL), hours=0.6, interval_s=5, seed=2, warmup_s=60)
+    settings = FitSettings(epochs=1, window=24, stride=12, warmup=6, batch_size=8, threads=1, progress=False,
+                           split=(0.5, 0.3, 0.2), calibrate_intervals=False)
+    config = make_config(5.0, window=24, num_layers=1, hidden_size=16, intermediate_size=32, num_attention_heads=2)
+    train, val, _ = prepare(frames, settings, config)
+    raw = fit(config, train, val, settings).model
+    assert raw.config.interval_adjust is None
+    before = evaluate(raw, val)["horizons"]
+    adjust = conformal_interval_adjust(raw, val)
+    raw.set_interval_adjust(adjust)
+    after = evaluate(raw, val)["horizons"]
+    for h in ("10s", "60s", "300s"):
+        for t in TARGETS:
+            assert after[h][t]["n"] > 300
+            assert after[h][t]["coverage_p10_p90"] >= 0.79, (h, t, before[h][t], after[h][t])
+            assert after[h][t]["mae"] == pytest.approx(before[h][t]["mae"])  # the median is untouched
+    assert any(before[h][t]["coverage_p10_p90"] < 0.79 for h in before for t in TARGETS)
+    saved = save_checkpoint(raw, tmp_path, "calibrated")
+    loaded = load_checkpoint(saved.weights, expected_config=raw.config.to_dict())
+    assert loaded.config.interval_adjust == adjust
+    x = torch.from_numpy(val.features[:2])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x, torch.from_numpy(val.positions[:2]), use_cache=False)[0]["quantiles"],
+                                   raw(x, torch.from_numpy(val.positions[:2]), use_cache=False)[0]["quantiles"])
 
 
 def test_training_is_deterministic_for_a_seed():
