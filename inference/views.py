@@ -48,12 +48,13 @@ def _site(request) -> Site | None:
 
 
 def held_out_errors(version: ModelVersion | None) -> dict:
-    """{target: {horizon: {"mae", "persistence_mae"}}} from a version's held-out metrics."""
+    """{target: {horizon: {"mae", "persistence_mae", "coverage_p10_p90"}}} from a version's held-out metrics."""
     out: dict[str, dict[str, dict]] = {}
     for horizon, entry in ((version.metrics or {}).get("horizons", {}) if version else {}).items():
         for target in TARGETS:
             if target in entry:
-                out.setdefault(target, {})[horizon] = {k: entry[target].get(k) for k in ("mae", "persistence_mae")}
+                out.setdefault(target, {})[horizon] = {
+                    k: entry[target].get(k) for k in ("mae", "persistence_mae", "coverage_p10_p90")}
     return out
 
 
@@ -89,6 +90,7 @@ def _version_summary(version: ModelVersion | None) -> dict | None:
         "horizons": [f"{h:g} s" for h in config.horizons_s],
         "cache_per_token": cache_bytes_per_token(config)["model"],
         "temp60_mae": temp60.get("mae"), "temp60_persistence": temp60.get("persistence_mae"),
+        "temp60_coverage": temp60.get("coverage_p10_p90"),
     }
 
 

@@ -222,8 +222,8 @@ def test_model_page_shows_the_active_version_and_live_error(twin, active_model, 
 
     active_model.training_curves = [{"epoch": 1, "train_loss": 0.9, "val_loss": 0.8},
                                     {"epoch": 2, "train_loss": 0.7, "val_loss": 0.75}]
-    active_model.metrics = {"horizons": {"60s": {"gpu_temperature_celsius": {"mae": 0.5, "persistence_mae": 1.5}}},
-                            "split": {"best_epoch": 2}}
+    active_model.metrics = {"horizons": {"60s": {"gpu_temperature_celsius": {
+        "mae": 0.5, "persistence_mae": 1.5, "coverage_p10_p90": 0.812}}}, "split": {"best_epoch": 2}}
     active_model.save()
     server = ForecastServer(worker="page")
     twin.feed(40)
@@ -236,6 +236,7 @@ def test_model_page_shows_the_active_version_and_live_error(twin, active_model, 
     assert role_client("viewer").get(url).status_code == 200
     response = client.get(url)
     assert b"test-forecaster" in response.content
+    assert b"holds 81 % of outcomes" in response.content
     config = _page_config(response)
     assert config["curves"]["best_epoch"] == 2 and len(config["curves"]["active"]) == 2
     assert config["errors"]["active"]["gpu_temperature_celsius"]["60s"]["mae"] == 0.5
