@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 from inference.mla import MLAConfig, MultiHeadLatentAttention
-from inference.model import ForecasterConfig, MultiHeadAttention, count_parameters
+from inference.model import FEATURE_NAMES, ForecasterConfig, MultiHeadAttention, count_parameters
 
 GIB = 1024**3
 METHODS = {"MLA absorbed": "absorbed", "MLA decompressing": "decompressing", "MHA": "mha"}
@@ -261,15 +261,17 @@ class ForecastBound:
             futures.append(future.gpus()["temperature_celsius"])
         self.medians[r] = (twin.gpu_uuids, np.median(futures, axis=0))
 
-    def score(self, frames) -> dict[str, float]:
-        """MAE of the rollout median and of persistence on the same points, against measured temperature."""
-        temp = frames.features[..., 0]  # FEATURE_NAMES[0] is the GPU temperature
+    def score(self, frames, gpus: np.ndarray | None = None) -> dict[str, float]:
+        """MAE of the rollout median and of persistence on the same points, against measured temperature
+        (of the GPUs selected by the boolean mask ``gpus``, default all)."""
+        temp = frames.features[..., FEATURE_NAMES.index("gpu_temperature_celsius")]
+        selected = np.ones(len(frames.uuids), bool) if gpus is None else gpus
         errors, persistence = [], []
         for r, (uuids, median) in self.medians.items():
             position = {u: i for i, u in enumerate(uuids)}
             median = median[[position[u] for u in frames.uuids]]
             now, later = temp[:, r], temp[:, r + self.ahead]
-            ok = ~np.isnan(now) & ~np.isnan(later)
+            ok = ~np.isnan(now) & ~np.isnan(later) & selected
             errors.append(np.abs(median - later)[ok])
             persistence.append(np.abs(now - later)[ok])
         mae, pers = float(np.concatenate(errors).mean()), float(np.concatenate(persistence).mean())
@@ -339,6 +341,13 @@ def accuracy_on_heldout_twin_data(args) -> None:
     print(f"best possible at 60 s (the twin's own futures, {bound.rollouts} rollouts at {len(bound.medians)} "
           f"held-out reads, {best['points']:,} points): MAE {best['mae']:.3f} vs persistence "
           f"{best['persistence_mae']:.3f}, {best['ratio']:.2f}x")
+    coolant = FEATURE_NAMES.index("coolant_supply_temperature_celsius")
+    liquid = ~np.isnan(frames.features[..., coolant]).all(axis=1)  # GPUs whose node reports coolant
+    for name, mask in (("air-cooled", ~liquid), ("liquid-cooled", liquid)):
+        if mask.any():
+            part = bound.score(frames, mask)
+            print(f"  {name} GPUs ({mask.sum()}): MAE {part['mae']:.3f} vs persistence {part['persistence_mae']:.3f}, "
+                  f"{part['ratio']:.2f}x")
     print(f"targets, 60 s GPU temperature: MLA {ratio:.2f}x better than persistence (target >= 3x: "
           f"{'met' if ratio >= 3 else 'NOT met'}); MLA within {100 * (a['mae'] / b['mae'] - 1):+.1f}% of MHA "
           f"(target <= +5%: {'met' if a['mae'] <= 1.05 * b['mae'] else 'NOT met'})")
