@@ -279,6 +279,11 @@ class Windows:
     def __len__(self) -> int:
         return len(self.features)
 
+    def subset(self, pick: np.ndarray) -> Windows:
+        """The windows selected by ``pick`` (indices or a boolean mask), in order."""
+        return Windows(*(x[pick] for x in (self.features, self.positions, self.targets, self.throttled,
+                                           self.scored)))
+
 
 @dataclass
 class Frames:

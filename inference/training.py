@@ -85,8 +85,7 @@ def prepare(frames: Frames, settings: FitSettings, config: ForecasterConfig) -> 
     train = frames.windows(a, b, settings.window, stride=settings.stride, warmup=0, **kw)
     if settings.max_train_windows and len(train) > settings.max_train_windows:
         pick = np.random.default_rng(settings.seed).choice(len(train), settings.max_train_windows, replace=False)
-        train = Windows(*(x[np.sort(pick)] for x in (train.features, train.positions, train.targets,
-                                                     train.throttled, train.scored)))
+        train = train.subset(np.sort(pick))
     eval_len = min(2 * settings.window, max(d - c, f - e))
     val = frames.windows(c, d, eval_len, warmup=settings.warmup, **kw)
     test = frames.windows(e, f, eval_len, warmup=settings.warmup, **kw)

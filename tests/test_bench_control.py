@@ -1,0 +1,67 @@
+"""bench/control.py's verdict on the control issue's targets, from hand-made evaluation results."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from facility.twin.evaluation import EvaluationResult
+
+SPEC = importlib.util.spec_from_file_location("bench_control", Path(__file__).parent.parent / "bench" / "control.py")
+bench = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(bench)
+
+
+def run(policy, climate, cooling, kwh_per_eflop, throughput=0.97, workload="training", seed=0, violations=0):
+    metrics = {"cooling_kwh": cooling, "kwh_per_eflop": kwh_per_eflop, "throughput_ratio": throughput,
+               "envelope_violations": violations, "shutdowns": 0}
+    return EvaluationResult(policy, climate, workload, seed, 1.0, "seed", metrics)
+
+
+BASELINE_RUNS = [
+    run("fixed", "hot", 1000, 0.83), run("fixed", "cool", 800, 0.83),
+    run("trim_respond", "hot", 850, 1.02), run("trim_respond", "cool", 650, 1.02),
+    run("pid", "hot", 900, 0.94), run("pid", "cool", 700, 0.94),
+]
+
+
+def test_targets_are_judged_on_means_over_climates():
+    results = [
+        *BASELINE_RUNS,
+        # -30 % cooling in hot, -11 % in cool: judged on the mean over both, -20.5 % vs fixed.
+        run("good", "hot", 700, 0.80, throughput=0.996), run("good", "cool", 712, 0.82, throughput=0.996),
+        run("short", "hot", 900, 0.80), run("short", "cool", 700, 0.84),
+    ]
+    s = bench.summarise(results, ["fixed", "trim_respond", "pid", "good", "short"], ["hot", "cool"], ["training"])
+    overall = {o["policy"]: o for o in s["overall"]}
+    good = overall["good"]
+    assert good["cooling_vs_fixed"] == pytest.approx(-0.205)
+    assert good["cooling_vs_trim_respond"] == pytest.approx((700 / 850 + 712 / 650) / 2 - 1)
+    assert good["targets_met"] == {"cooling_vs_fixed": True, "cooling_vs_trim_respond": False,
+                                   "kwh_per_eflop_below_baselines": True, "throughput": True, "safe": True}
+    short = overall["short"]["targets_met"]
+    assert short["cooling_vs_fixed"] is False and short["throughput"] is False
+    assert short["kwh_per_eflop_below_baselines"] is True  # -3.6 % and +1.2 % vs fixed: -1.2 % on the mean
+    assert s["best"] == "good"
+    rows = {(r["policy"], r["climate"]): r for r in s["rows"]}
+    assert rows["good", "hot"]["cooling_vs_fixed"] == pytest.approx(-0.30)
+    assert rows["short", "cool"]["kwh_per_eflop_vs_fixed"] == pytest.approx(0.84 / 0.83 - 1)
+    text = bench.summary_text(s)
+    assert "best policy: good" in text and "cooling_vs_trim_respond:no" in text
+
+
+def test_a_violation_or_a_missing_baseline_is_not_a_pass():
+    results = [run("fixed", "hot", 1000, 0.83), run("mpc", "hot", 500, 0.79, violations=1)]
+    s = bench.summarise(results, ["fixed", "mpc"], ["hot"], ["training"])
+    met = s["overall"][1]["targets_met"]
+    assert met["safe"] is False
+    assert met["cooling_vs_trim_respond"] is None  # trim_respond did not run: unknown, not met
+    assert "cooling_vs_trim_respond:n/a" in bench.summary_text(s)
+
+
+def test_only_runs_both_policies_have_are_compared():
+    # mpc ran seed 1 only: compared with fixed's seed 1, not with the mean over fixed's seeds.
+    results = [run("fixed", "hot", 1000, 0.83, seed=0), run("fixed", "hot", 600, 0.83, seed=1),
+               run("mpc", "hot", 480, 0.80, seed=1)]
+    s = bench.summarise(results, ["fixed", "mpc"], ["hot"], ["training"])
+    assert s["overall"][1]["cooling_vs_fixed"] == pytest.approx(-0.2)
