@@ -253,7 +253,7 @@ def main(argv=None) -> int:
     failed = [d for d in done if "error" in d]
     ok = [d for d in done if "error" not in d]
     for d in failed:
-        print(f"! {d['policy']} / {d['climate']} / seed {d['seed']}: {d['error']}")
+        print(f"! {d['policy']} / {d['climate']} / {d['workload']} / seed {d['seed']}: {d['error']}")
     results = [d["result"] for d in ok]
     order = {n: i for i, n in enumerate(wanted)}
     results.sort(key=lambda r: (order[r.policy], climates.index(r.climate), r.workload, r.seed))

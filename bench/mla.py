@@ -301,11 +301,11 @@ def error_by_regime(model, w, batch: int = 64) -> dict[str, tuple[int, float, fl
         drop = ~low & (truth - now < -5.0)
         for name, mask in (("low load now", ok & low), ("loaded, drop > 5 degC ahead", ok & drop),
                            ("loaded, no drop ahead", ok & ~low & ~drop)):
-            entry = parts.setdefault(name, [[], [], []])
+            entry = parts.setdefault(name, [[], []])
             entry[0].append((median - truth)[mask])
             entry[1].append(np.abs(now - truth)[mask])
     out = {}
-    for name, (err, pers, _) in parts.items():
+    for name, (err, pers) in parts.items():
         err, pers = np.concatenate(err), np.concatenate(pers)
         if len(err):
             out[name] = (len(err), float(np.abs(err).mean()), float(pers.mean()), float(err.mean()))
@@ -351,9 +351,10 @@ def accuracy_on_heldout_twin_data(args) -> None:
         result = fit(config, train, val, settings)
         results[attention] = (evaluate(result.model, test), result)
         liquid = ~np.isnan(test.features[..., coolant]).all(axis=1)  # windows of GPUs whose node reports coolant
-        by_cooling[attention] = {name: (evaluate(result.model, test.subset(mask))["horizons"]["60s"],
-                                        error_by_regime(result.model, test.subset(mask)))
-                                 for name, mask in (("air-cooled", ~liquid), ("liquid-cooled", liquid)) if mask.any()}
+        held_out = {name: test.subset(mask) for name, mask in (("air-cooled", ~liquid), ("liquid-cooled", liquid))
+                    if mask.any()}
+        by_cooling[attention] = {name: (evaluate(result.model, w)["horizons"]["60s"], error_by_regime(result.model, w))
+                                 for name, w in held_out.items()}
         print(f"  {attention.upper()}: {count_parameters(result.model):,} parameters, trained in "
               f"{result.seconds:.0f} s (best epoch {result.best_epoch} of {len(result.curves)}), "
               f"{len(test)} held-out windows")
