@@ -36,8 +36,11 @@ __all__ = [
     "THROTTLE_REASON_MASK",
     "CoolingMap",
     "Frames",
+    "LoadDrops",
     "Windows",
     "assemble_rows",
+    "load_drop_features",
+    "load_drops_before",
     "load_frames",
     "load_rows",
     "twin_frames",
@@ -54,6 +57,14 @@ MAX_POINT_AGE_S = 120.0
 # Cooling and GPU sources stamp one scrape slightly differently (ms truncation, separate requests): a reading
 # up to this much after a GPU sample counts as taken with it.
 POINT_LOOKAHEAD_S = 0.5
+
+# A utilisation reading this far below the stream's previous one is a load drop (0-1 scale; a checkpoint
+# takes a training GPU from ~1 to ~0.15, inference load moves ~0.1 between reads).
+LOAD_DROP_RATIO = 0.4
+# A drop (or an interval between drops) this long ago no longer says anything about the next one.
+MAX_LOAD_DROP_AGE_S = 7200.0
+# An overdue drop reads as at most this late: how late matters little once the rhythm is broken.
+LOAD_DROP_OVERDUE_S = 600.0
 
 # GPU feature -> (wide-row column, scale to the feature's unit).
 GPU_FEATURE_COLUMNS: dict[str, tuple[str, float]] = {
@@ -179,7 +190,9 @@ COOLING_FEATURES = (
     "fan_speed_setpoint_ratio",
     "pump_speed_setpoint_ratio",
 )
-assert set(GPU_FEATURE_COLUMNS) | set(COOLING_FEATURES) | {"sample_gap_seconds"} == set(FEATURE_NAMES)
+LOAD_DROP_FEATURES = ("seconds_since_load_drop", "seconds_until_expected_load_drop")
+assert set(GPU_FEATURE_COLUMNS) | set(COOLING_FEATURES) | {"sample_gap_seconds", *LOAD_DROP_FEATURES} == set(
+    FEATURE_NAMES)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,6 +222,52 @@ class PointData:
         return out
 
 
+@dataclass
+class LoadDrops:
+    """What one stream's load-drop features carry from sample to sample: its latest utilisation reading and
+    the times of its last two sharp falls (NaN until seen)."""
+
+    last_utilization: float = np.nan
+    last_drop_s: float = np.nan
+    previous_drop_s: float = np.nan
+
+
+def load_drop_features(gpu: np.ndarray, times: np.ndarray, utilization: np.ndarray,
+                       memory: dict[int, LoadDrops] | None = None) -> np.ndarray:
+    """(rows, 2): ``seconds_since_load_drop`` and ``seconds_until_expected_load_drop`` (the interval between
+    the last two drops minus the time since the last; negative when overdue, down to ``-LOAD_DROP_OVERDUE_S``)
+    for rows sorted by (gpu, time).
+
+    A drop is a utilisation reading at least ``LOAD_DROP_RATIO`` below the stream's previous reading (missing
+    readings are skipped). ``memory`` carries each stream's state across calls (serving feeds one sample at
+    a time) and is updated in place; without it every stream starts unseen. With the last drop or interval
+    older than ``MAX_LOAD_DROP_AGE_S`` both are missing: the rhythm has stopped.
+    """
+    memory = {} if memory is None else memory
+    out = np.full((len(times), 2), np.nan)
+    starts = np.flatnonzero(np.r_[True, gpu[1:] != gpu[:-1]]) if len(gpu) else np.zeros(0, dtype=int)
+    for lo, hi in zip(starts, np.r_[starts[1:], len(gpu)], strict=True):
+        state = memory.setdefault(int(gpu[lo]), LoadDrops())
+        t, u = times[lo:hi], utilization[lo:hi]
+        # Each row's previous valid reading: forward-fill from the carried one.
+        valid = ~np.isnan(u)
+        last_valid = np.maximum.accumulate(np.where(valid, np.arange(len(u)), -1))
+        filled = np.where(last_valid >= 0, u[np.maximum(last_valid, 0)], state.last_utilization)
+        previous = np.r_[state.last_utilization, filled[:-1]]
+        with np.errstate(invalid="ignore"):
+            dropped = valid & (previous - u >= LOAD_DROP_RATIO)
+        drop_times = np.r_[state.previous_drop_s, state.last_drop_s, t[dropped]]
+        k = np.cumsum(dropped) + 1  # index in drop_times of the latest drop at or before each row
+        out[lo:hi, 0] = t - drop_times[k]
+        out[lo:hi, 1] = drop_times[k] - drop_times[k - 1]  # the interval, turned into time-to-next below
+        state.last_utilization = float(filled[-1])
+        state.previous_drop_s, state.last_drop_s = float(drop_times[-2]), float(drop_times[-1])
+    with np.errstate(invalid="ignore"):
+        out[(out > MAX_LOAD_DROP_AGE_S).any(axis=1)] = np.nan
+    out[:, 1] = np.maximum(out[:, 1] - out[:, 0], -LOAD_DROP_OVERDUE_S)
+    return out
+
+
 def assemble_rows(
     cmap: CoolingMap,
     gpu: np.ndarray,
@@ -217,14 +276,16 @@ def assemble_rows(
     points: PointData,
     *,
     previous_time: np.ndarray | None = None,
+    load_drops: dict[int, LoadDrops] | None = None,
     max_point_age_s: float = MAX_POINT_AGE_S,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Physical FEATURES for GPU rows, and their throttle labels.
 
     ``gpu``: (rows,) indices into ``cmap.uuids``; ``times``: epoch seconds; ``columns``: (rows,
-    len(ROW_COLUMNS)) wide-row values (NaN missing). ``previous_time``: each row's stream's previous sample
-    time (NaN if unknown) for ``sample_gap_seconds``; by default computed from the rows themselves, which must
-    then be sorted by (gpu, time). Returns ``(features (rows, F) float32, throttled (rows,) float32)``.
+    len(ROW_COLUMNS)) wide-row values (NaN missing); rows sorted by (gpu, time). ``previous_time``: each row's
+    stream's previous sample time (NaN if unknown) for ``sample_gap_seconds``; by default computed from the
+    rows themselves. ``load_drops``: each stream's load-drop state (``load_drop_features``), updated in place;
+    by default streams start unseen. Returns ``(features (rows, F) float32, throttled (rows,) float32)``.
     """
     n = len(times)
     feats = np.full((n, len(FEATURE_NAMES)), np.nan)
@@ -254,6 +315,9 @@ def assemble_rows(
             same = gpu[1:] == gpu[:-1]
             previous_time[1:] = np.where(same, times[:-1], np.nan)
     feats[:, FEATURE_NAMES.index("sample_gap_seconds")] = times - previous_time
+    utilization = feats[:, FEATURE_NAMES.index("gpu_utilization_ratio")]
+    feats[:, [FEATURE_NAMES.index(f) for f in LOAD_DROP_FEATURES]] = load_drop_features(
+        gpu, times, utilization, load_drops)
     reasons = columns[:, col["clocks_event_reasons"]]
     with np.errstate(invalid="ignore"):
         throttled = np.where(
@@ -469,6 +533,39 @@ def load_gpu_rows(gpu_ids: Sequence[int], start_s: float, end_s: float, *, after
     with connection.cursor() as cursor:
         cursor.execute(sql, [*gpu_ids, adapt(to_datetime(start_s)), adapt(to_datetime(end_s))])
         return np.array(cursor.fetchall(), dtype=float).reshape(-1, 2 + len(ROW_COLUMNS))
+
+
+def load_drops_before(gpu_ids: Sequence[int], end_s: float) -> dict[int, LoadDrops]:
+    """Each GPU's load-drop state from its last ``MAX_LOAD_DROP_AGE_S`` of readings before ``end_s``, so a
+    stream rebuilt from a short history still knows its rhythm. The database finds the drops (``lag`` over
+    each GPU's valid readings) and returns only those rows and each GPU's last reading."""
+    from django.db import connection
+
+    from telemetry.storage import GPU_TABLE, to_datetime
+
+    drops = {int(g): LoadDrops() for g in gpu_ids}
+    if not drops:
+        return drops
+    adapt = connection.ops.adapt_datetimefield_value
+    column, scale = GPU_FEATURE_COLUMNS["gpu_utilization_ratio"]
+    sql = (
+        f"SELECT gpu_id, t, {column}, previous - {column} >= %s FROM (SELECT gpu_id, {_epoch_sql()} AS t, "  # noqa: S608
+        f"{column}, lag({column}) OVER w AS previous, lead(time) OVER w AS next FROM {GPU_TABLE} "
+        f"WHERE gpu_id IN ({', '.join(['%s'] * len(drops))}) AND time >= %s AND time < %s "
+        f"AND {column} IS NOT NULL WINDOW w AS (PARTITION BY gpu_id ORDER BY time)) AS readings "
+        f"WHERE previous - {column} >= %s OR next IS NULL ORDER BY gpu_id, t"
+    )
+    threshold = LOAD_DROP_RATIO / scale  # in the stored unit (%)
+    params = [threshold, *drops, adapt(to_datetime(end_s - MAX_LOAD_DROP_AGE_S)), adapt(to_datetime(end_s)),
+              threshold]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        for gpu_id, t, value, dropped in cursor.fetchall():
+            state = drops[int(gpu_id)]
+            if dropped:
+                state.previous_drop_s, state.last_drop_s = state.last_drop_s, float(t)
+            state.last_utilization = float(value) * scale  # the newest row comes last
+    return drops
 
 
 def load_rows(site, start_s: float, end_s: float, *, cmap: CoolingMap | None = None,

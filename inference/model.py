@@ -105,6 +105,12 @@ FEATURES: tuple[Feature, ...] = (
     Feature("pump_speed_setpoint_ratio", 0.6, 0.3, "current pump speed setpoint, 0-1"),
     # Seconds since this stream's previous sample: irregular sampling and outages are visible to the model.
     Feature("sample_gap_seconds", 1.0, 1.0, "time since the previous sample", log1p=True),
+    # The stream's load-drop rhythm (a training job's checkpoints): seconds since its utilisation last fell
+    # sharply, and until the next fall if the last interval repeats. Periodic drops lie further back than the
+    # attention window; with these the model can see the next one coming (missing until seen).
+    Feature("seconds_since_load_drop", 900.0, 900.0, "derived: time since GPU utilisation last fell sharply"),
+    Feature("seconds_until_expected_load_drop", 0.0, 300.0,
+            "derived: last interval between sharp falls minus the time since the last"),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 _FEATURE_BY_NAME = {f.name: f for f in FEATURES}

@@ -42,10 +42,13 @@ import numpy as np
 import torch
 
 from inference.dataset import (
+    LOAD_DROP_FEATURES,
     MAX_POINT_AGE_S,
     CoolingMap,
+    LoadDrops,
     PointData,
     assemble_rows,
+    load_drops_before,
     load_gpu_rows,
     load_points,
     site_cooling_map,
@@ -91,6 +94,7 @@ class Stream:
     origin_s: float
     last_time_s: float
     length: int  # tokens its cache holds (its group's key)
+    load_drops: LoadDrops = field(default_factory=LoadDrops)  # carried into each new sample's features
     touched: float = field(default_factory=time.monotonic)
 
 
@@ -295,38 +299,46 @@ class ForecastServer:
         return results
 
     def _features(self, site, cmap: CoolingMap, index: dict[int, int], raw: np.ndarray,
-                  previous_time: np.ndarray | None = None, points: PointData | None = None):
+                  previous_time: np.ndarray | None = None, points: PointData | None = None,
+                  load_drops: dict[int, LoadDrops] | None = None):
+        """Features of ``raw`` rows; ``load_drops`` (by GPU id) is each stream's carried load-drop state,
+        updated in place."""
         if points is None:
             points = load_points(site, cmap, float(raw[:, 1].min()) - MAX_POINT_AGE_S, float(raw[:, 1].max()))
         lookup = np.array([index[int(g)] for g in raw[:, 0]], dtype=np.int64)
-        feats, _ = assemble_rows(cmap, lookup, raw[:, 1], raw[:, 2:], points, previous_time=previous_time)
+        by_lookup = None if load_drops is None else {index[g]: state for g, state in load_drops.items()}
+        feats, _ = assemble_rows(cmap, lookup, raw[:, 1], raw[:, 2:], points, previous_time=previous_time,
+                                 load_drops=by_lookup)
         return feats, points
 
     def _history(self, site, cmap, index, gpu_ids: list[int], tokens: int):
-        """The last ``tokens`` samples of each GPU, with features: ``{gpu_id: (times, features, raw rows)}``.
-        Rows are read from a span before the GPUs' newest sample; the row before the first kept one gives
-        that one its gap, as in training."""
+        """The last ``tokens`` samples of each GPU, with features: ``{gpu_id: (times, features, raw rows,
+        load-drop state after the newest)}``. Rows are read from a span before the GPUs' newest sample; the
+        row before the first kept one gives that one its gap, and the drops before the span seed the
+        load-drop features, so they match a continuously fed stream's."""
         res = self.model.config.position_resolution_s
         span = (tokens + 1) * res * 3 + 60.0
-        out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, LoadDrops]] = {}
         if not gpu_ids:
             return out
-        raw = load_gpu_rows(gpu_ids, _newest(gpu_ids) - span, time.time() + 86400, after=True)
+        since = _newest(gpu_ids) - span
+        raw = load_gpu_rows(gpu_ids, since, time.time() + 86400, after=True)
         raw = raw[on_grid(raw, res)]
         if not len(raw):
             return out
-        feats, _ = self._features(site, cmap, index, raw)
+        drops = load_drops_before(gpu_ids, since + 1e-3)
+        feats, _ = self._features(site, cmap, index, raw, load_drops=drops)
         ids = raw[:, 0].astype(np.int64)
         bounds = np.flatnonzero(np.diff(ids)) + 1
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(ids)], strict=True):
             keep = slice(max(lo, hi - tokens), hi)
-            out[int(ids[lo])] = (raw[keep, 1], feats[keep], raw[keep])
+            out[int(ids[lo])] = (raw[keep, 1], feats[keep], raw[keep], drops[int(ids[lo])])
         return out
 
     def _prefill(self, site, cmap, index, gpu_ids: list[int], report: StepReport):
         history = self._history(site, cmap, index, gpu_ids, self.prefill_tokens)
         by_len: dict[int, list[int]] = {}
-        for g, (times, _, _) in history.items():
+        for g, (times, *_) in history.items():
             by_len.setdefault(len(times), []).append(g)
         results = []
         res = self.model.config.position_resolution_s
@@ -341,7 +353,8 @@ class ForecastServer:
             report.tokens += n * len(ids)
             length = cache[0].length
             for i, g in enumerate(ids):
-                self.streams[g] = Stream(g, site.pk, float(origin[i]), float(t[i, -1]), length)
+                self.streams[g] = Stream(g, site.pk, float(origin[i]), float(t[i, -1]), length,
+                                         load_drops=history[g][3])
             self._put(length, ids, cache)
             results.append((ids, pred, [float(v) for v in t[:, -1]]))
         report.prefilled += sum(len(v) for v in by_len.values())
@@ -353,7 +366,8 @@ class ForecastServer:
         previous = np.r_[np.nan, raw[:-1, 1]]
         first = np.r_[True, ids[1:] != ids[:-1]]
         previous[first] = [self.streams[int(g)].last_time_s for g in ids[first]]
-        feats, _ = self._features(site, cmap, index, raw, previous_time=previous)
+        drops = {int(g): self.streams[int(g)].load_drops for g in ids[first]}
+        feats, _ = self._features(site, cmap, index, raw, previous_time=previous, load_drops=drops)
         bounds = np.flatnonzero(first)
         per_stream = {int(ids[lo]): (raw[lo:hi, 1], feats[lo:hi])
                       for lo, hi in zip(bounds, np.r_[bounds[1:], len(ids)], strict=True)}
@@ -554,6 +568,10 @@ def forecast_effect(
     prev = np.array([history[g][0][-2] for g in ids])
     base_x, _ = server._features(site, cmap, index, raw_last, previous_time=prev, points=points)
     cand_x, _ = server._features(site, cmap, index, raw_last, previous_time=prev, points=candidate_points)
+    # The newest sample's load-drop features depend on the stream's past, which its history already carries.
+    drop_cols = [server.model.config.features.index(f) for f in LOAD_DROP_FEATURES]
+    newest_drops = np.stack([history[g][1][-1, drop_cols] for g in ids])
+    base_x[:, drop_cols] = cand_x[:, drop_cols] = newest_drops
     res = version.config.get("position_resolution_s", 1.0)
     out_base: dict[int, dict] = {}
     out_cand: dict[int, dict] = {}

@@ -1,6 +1,7 @@
 """The forecaster served from stored telemetry: the dataset read back from the pipeline, the serving task in a
 real Celery worker, a restart rebuilding the caches, the API's role checks, and the what-if for control."""
 
+import io
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -140,6 +141,31 @@ def test_restart_rebuilds_the_caches_from_history(twin, active_model):
             assert other[column] == pytest.approx(value, rel=1e-4, abs=1e-3), (key, column)
     # Forecasts exist for every sample time the worker stepped at, with no gap at the restart.
     assert Forecast.objects.values("made_at").distinct().count() == 2
+
+
+def test_a_rebuilt_stream_keeps_its_load_drop_rhythm(site, active_model):
+    # Checkpoints every 250 s: longer than the span a rebuild reads (3 x 8 tokens, about 210 s), so the drops
+    # that set the rhythm lie before it and must come from the database.
+    source = TwinSource(site, start=datetime.now(UTC) - timedelta(minutes=20), sensors=False,
+                        checkpoint_interval_s=250.0, checkpoint_duration_s=10.0)
+    run(source, interval=INTERVAL, speed=1e6, duration=900)
+    writer.drain("test", time_budget_s=30)
+    running = ForecastServer(worker="e")
+    running.step()
+    run(source, interval=INTERVAL, speed=1e6, duration=100)
+    writer.drain("test", time_budget_s=30)
+    running.step()
+    restarted = ForecastServer(worker="f")
+    restarted.step()
+    assert running.streams.keys() == restarted.streams.keys() and running.streams
+    for g in running.streams:  # every hall runs training: every stream has seen drops 250 s apart
+        kept, rebuilt = running.streams[g].load_drops, restarted.streams[g].load_drops
+        assert kept.last_drop_s == pytest.approx(rebuilt.last_drop_s, abs=1e-3)
+        assert kept.previous_drop_s == pytest.approx(rebuilt.previous_drop_s, abs=1e-3)
+        assert kept.last_drop_s - kept.previous_drop_s == pytest.approx(250.0, abs=INTERVAL)
+    for key, values in running.last_forecasts.items():
+        for column, value in values.items():
+            assert restarted.last_forecasts[key][column] == pytest.approx(value, rel=1e-4, abs=1e-3), (key, column)
 
 
 def test_quiet_streams_are_evicted_and_come_back_by_prefill(twin, active_model):
@@ -300,3 +326,22 @@ def test_model_page_leaves_out_workers_that_stopped_reporting(site, active_model
     InferenceStats.objects.filter(worker="gone").update(updated_at=timezone.now() - timedelta(hours=1))
     config = _page_config(role_client("viewer").get(reverse("inference:models")))
     assert [c["worker"] for c in config["cache"]] == ["live"]
+
+
+def test_demo_training_replaces_an_active_version_built_for_another_feature_list(twin, active_model, tmp_path):
+    from django.core.management import call_command
+
+    twin.feed(240)
+    args = ("inference", "train", "--unless-active", "--epochs", "1", "--window", "16", "--max-windows", "8",
+            "--model-dir", str(tmp_path / "models"))
+    out = io.StringIO()
+    call_command(*args, stdout=out)
+    assert "is active; not training" in out.getvalue()
+    assert ModelVersion.objects.filter(kind=ModelKind.FORECASTER).count() == 1
+    # A version from before a feature was added cannot be served: make demo's first-run step trains anew.
+    ModelVersion.objects.filter(pk=active_model.pk).update(features=list(FEATURE_NAMES[:-2]))
+    out = io.StringIO()
+    call_command(*args, stdout=out)
+    assert "trained on another feature list" in out.getvalue()
+    active = ModelVersion.objects.get(kind=ModelKind.FORECASTER, active=True)
+    assert active.pk != active_model.pk and active.features == list(FEATURE_NAMES)

@@ -11,11 +11,15 @@ from facility.twin import synthetic_facility
 from inference.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from inference.dataset import (
     INLET_OFFSET_CONTAINED_K,
+    LOAD_DROP_OVERDUE_S,
+    MAX_LOAD_DROP_AGE_S,
     ROW_COLUMNS,
     CoolingMap,
     Frames,
+    LoadDrops,
     PointData,
     assemble_rows,
+    load_drop_features,
     twin_frames,
 )
 from inference.model import FEATURE_NAMES, TARGETS, TelemetryForecaster
@@ -76,6 +80,37 @@ def test_rows_align_on_the_grid_and_targets_shift_by_horizon():
     assert thr[0, 8, 0] == 1.0 and thr[0, 9, 0] == 0.0  # thermal bit at step 10
     with pytest.raises(ValueError, match="multiples"):
         frames.targets((7.0,))
+
+
+def test_load_drop_features_follow_the_rhythm_and_carry_across_calls():
+    # One GPU checkpointing every 60 s (utilisation 1 -> 0.15 for 10 s), read every 5 s, one reading lost.
+    times = np.arange(0.0, 300.0, 5.0)
+    util = np.where(times % 60 < 10, 0.15, 1.0)
+    util[times == 125.0] = np.nan
+    gpu = np.zeros(len(times), dtype=np.int64)
+    feats = load_drop_features(gpu, times, util)
+    since, until = feats[:, 0], feats[:, 1]
+    # No drop is seen at t = 0 (no earlier reading), the first at 60 s; the next is expected once two are seen.
+    assert np.isnan(since[times < 60]).all() and np.isnan(until[times < 120]).all()
+    assert since[times == 60.0] == 0 and since[times == 95.0] == 35
+    assert since[times == 175.0] == 55 and since[times == 180.0] == 0
+    assert until[times == 120.0] == 60 and until[times == 175.0] == 5 and until[times == 180.0] == 60
+    # A drop that does not come reads as overdue, by at most LOAD_DROP_OVERDUE_S.
+    overdue = load_drop_features(np.zeros(3, dtype=np.int64), np.array([0.0, 60.0, 900.0]),
+                                 np.array([1.0, 0.1, 0.1]), {0: LoadDrops(np.nan, 0.0, -60.0)})
+    assert overdue[1, 1] == 60 and overdue[2, 1] == -LOAD_DROP_OVERDUE_S
+    # Fed a sample at a time with carried state (the serving worker), the features are the same.
+    memory = {}
+    one_by_one = np.vstack([load_drop_features(gpu[i:i + 1], times[i:i + 1], util[i:i + 1], memory)
+                            for i in range(len(times))])
+    np.testing.assert_array_equal(one_by_one, feats)
+    # A rhythm that stopped long ago says nothing.
+    late = load_drop_features(np.zeros(1, dtype=np.int64), np.array([300.0 + MAX_LOAD_DROP_AGE_S]),
+                              np.array([1.0]), memory)
+    assert np.isnan(late).all()
+    # Gradual changes (inference load) are not drops.
+    ramp = load_drop_features(gpu, times, np.linspace(1.0, 0.0, len(times)))
+    assert np.isnan(ramp).all()
 
 
 def test_split_holds_out_the_end_and_training_targets_stay_inside():
@@ -170,7 +205,7 @@ def test_checkpoint_for_another_config_is_refused(tmp_path):
     meta = json.loads(saved.config.read_text())
     other = dict(meta, features=[*meta["features"][:-1], "inlet_humidity_ratio"])
     saved.config.write_text(json.dumps(other))
-    with pytest.raises(CheckpointError, match=r"another feature list.*missing.*sample_gap_seconds"):
+    with pytest.raises(CheckpointError, match=r"another feature list.*missing.*seconds_until_expected_load_drop"):
         load_checkpoint(saved.weights)
     shapes = dict(meta, config=dict(meta["config"], hidden_size=32))
     saved.config.write_text(json.dumps(shapes))
@@ -190,7 +225,7 @@ def test_tiny_training_run_beats_persistence():
     temperature is heading and persistence does not."""
     frames = twin_frames(synthetic_facility(**SMALL), hours=0.6, interval_s=5, workload="training",
                          checkpoint_interval_s=300, excite_every_s=None, seed=3, warmup_s=300)
-    settings = FitSettings(epochs=5, window=48, stride=12, warmup=12, batch_size=16, lr=5e-3, patience=5,
+    settings = FitSettings(epochs=10, window=48, stride=12, warmup=12, batch_size=16, lr=5e-3, patience=5,
                            threads=1, progress=False, split=(0.6, 0.1, 0.3))
     config = make_config(frames.interval_s, window=settings.window, num_layers=2, hidden_size=32,
                          intermediate_size=64, num_attention_heads=4)

@@ -72,11 +72,12 @@ class TwinSource:
     """One site's twin, stepping in simulated time and emitting what its sensors would report."""
 
     def __init__(self, site: Site, *, profile: str = "seed", workload: str = "training", seed: int = 0,
-                 start: datetime | None = None, sensors: bool = True):
+                 start: datetime | None = None, sensors: bool = True, **scenario):
+        """``scenario``: further ``Scenario`` fields (e.g. ``checkpoint_interval_s``)."""
         self.site = site
         self.profile = profile
-        self.twin = Twin(export_facility(site), profile=profile,
-                         scenario=Scenario(workload=workload, start=start or datetime.now(UTC), seed=seed))
+        self.twin = Twin(export_facility(site), profile=profile, scenario=Scenario(
+            workload=workload, start=start or datetime.now(UTC), seed=seed, **scenario))
         self.sensors = SensorModel(SensorConfig(seed=seed)) if sensors else None
         self.source = Source.objects.filter(name=f"twin-{site.slug}").first()
         if self.source is None:

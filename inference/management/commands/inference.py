@@ -78,14 +78,18 @@ class Command(BaseCommand):
     def train(self, site, attention, epochs, start, end, window, max_windows, batch_size, seed, threads,
               model_dir, name, no_activate, generate_twin_hours, unless_active, **_):
         from inference.checkpoint import CheckpointError
+        from inference.model import FEATURE_NAMES
         from inference.models import ModelKind, ModelVersion
         from inference.training import FitSettings, train_site
 
         site = self._site(site)
         kind = ModelKind.FORECASTER if attention == "mla" else ModelKind.MHA_BASELINE
         if unless_active and (current := ModelVersion.objects.filter(kind=kind, active=True).first()):
-            self.stdout.write(f"{current.name} is active; not training (drop --unless-active to train anyway)")
-            return
+            if list(current.features) == list(FEATURE_NAMES):
+                self.stdout.write(f"{current.name} is active; not training (drop --unless-active to train anyway)")
+                return
+            self.stdout.write(f"{current.name} is active but was trained on another feature list; training a "
+                              "new version")
         if generate_twin_hours:
             self.make_dataset(site.slug, generate_twin_hours, 5.0, 300.0, "hall-a=inference,hall-b=training", seed)
         settings = FitSettings(epochs=epochs, window=window, stride=window // 2, warmup=window // 4,
