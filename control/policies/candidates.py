@@ -54,7 +54,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from facility.twin.state import SLOWDOWN_C, THERMAL_BITS, THROTTLE_PHI, Key, SetpointState, State
+from facility.twin.state import (
+    COIL_APPROACH_K,
+    SLOWDOWN_C,
+    THERMAL_BITS,
+    THROTTLE_PHI,
+    Envelope,
+    Key,
+    SetpointState,
+    State,
+    coil_bounds,
+    coil_violations,
+)
 
 CRAH_SAT = "supply_air_temperature_setpoint"
 CHW = "chilled_water_supply_temperature_setpoint"
@@ -66,7 +77,6 @@ CDU_PUMP = "pump_speed_setpoint"
 DEFAULT_STEPS = {CRAH_SAT: 1.0, CHW: 0.5, TOWER: 1.0, CDU_SUPPLY: 1.0, CDU_PUMP: 0.1}
 # Points where "up" warms GPUs (a pump-speed cut warms them too: its "up" is a cut, see `_warms`).
 SUPPLY_POINTS = {CRAH_SAT, CDU_SUPPLY}
-COIL_APPROACH_K = 3.0
 HOT_C = 85.0
 
 
@@ -116,40 +126,39 @@ def groups(state: State) -> list[Group]:
     return out
 
 
-def _coil_halls(state: State, chiller_unit: str) -> set[str]:
-    """Halls whose CRAH supply air the chiller's water could lift (assumed: every hall with CRAHs)."""
-    return {sp.envelope.hall for sp in state.setpoints.values() if sp.envelope.name == CRAH_SAT and sp.envelope.hall}
-
-
 def hot_halls(state: State, hot_c: float = 82.0, interlock_margin_k: float = 5.0) -> set[str]:
     return {h.name for h in state.halls.values()
             if h.gpus and (h.gpu_temperature_max_c >= hot_c or h.margin_to_slowdown_k < interlock_margin_k)}
 
 
-def _warms(state: State, group: Group, sign: int, target: dict[Key, float], hot: set[str]) -> bool:
-    """Would this move warm a hot hall's GPUs?"""
+def _warms(state: State, group: Group, sign: int, hot: set[str]) -> bool:
+    """Would this move warm a hot hall's GPUs? (A chilled-water rise cannot: the coil interlock keeps every
+    CRAH able to reach its supply air.)"""
     if group.name in SUPPLY_POINTS:
         return sign > 0 and group.hall in hot
     if group.name == CDU_PUMP:
         return sign < 0 and group.hall in hot
-    if group.name == CHW and sign > 0:
-        for key in group.keys:
-            for hall in _coil_halls(state, key[0]) & hot:
-                sats = [s.command for s in state.setpoints.values()
-                        if s.envelope.name == CRAH_SAT and s.envelope.hall == hall]
-                if sats and target[key] + COIL_APPROACH_K > min(sats) - 1e-9:
-                    return True
     return False
 
 
+def _envelopes(state: State) -> dict[Key, Envelope]:
+    return {k: sp.envelope for k, sp in state.setpoints.items()}
+
+
 def _move(group: Group, state: State, sign: int, steps: dict[str, float]) -> tuple[dict, dict, dict] | None:
-    """Targets for every point of `group` one step in direction `sign`, clipped; None if nothing moves."""
+    """Targets for every point of `group` one step in direction `sign`, clipped (by its envelope and the
+    coil interlock, as the safety layer would); None if nothing moves."""
     targets, requested, clipped = {}, {}, {}
+    commands = {k: sp.command for k, sp in state.setpoints.items()}
     for key in group.keys:
         sp: SetpointState = state.setpoints[key]
         want = sp.command + sign * steps[group.name]
         value, reasons = sp.limit(want)
-        if abs(value - sp.command) < 1e-9:
+        lo, hi = coil_bounds(key, commands, _envelopes(state))
+        if not lo - 1e-9 <= value <= hi + 1e-9:
+            value, more = sp.limit(min(max(value, lo), hi))
+            reasons = [*reasons, "coil", *more]
+        if abs(value - sp.command) < 1e-9 or (value - sp.command) * sign < 0:
             return None  # held (dwell) or at its bound: the group cannot move that way now
         targets[key], requested[key] = value, want
         if reasons:
@@ -168,7 +177,7 @@ def generate(state: State, steps: dict[str, float] | None = None, hot_c: float =
             continue
         for sign in (-1, 1):
             m = _move(g, state, sign, steps)
-            if m is None or _warms(state, g, sign, m[0], hot):
+            if m is None or _warms(state, g, sign, hot):
                 continue
             targets, requested, clipped = m
             delta = next(iter(targets.values())) - state.setpoints[g.keys[0]].command
@@ -197,15 +206,10 @@ def combine(state: State, candidates: Sequence[Candidate], scores: Sequence[floa
         merged.requested.update(c.requested)
         merged.clipped.update(c.clipped)
         merged.moves += c.moves
-    # The interlock again on the merged set (a CHW rise next to a supply-air cut is judged on the new air).
-    hot = hot_halls(state, hot_c, interlock_margin_k)
-    for hall in hot:
-        sats = [merged.targets.get(k, sp.command) for k, sp in state.setpoints.items()
-                if sp.envelope.name == CRAH_SAT and sp.envelope.hall == hall]
-        for k, v in merged.targets.items():
-            sp = state.setpoints[k]
-            if sp.envelope.name == CHW and v > sp.command and sats and v + COIL_APPROACH_K > min(sats) - 1e-9:
-                return None
+    # The coil interlock again on the merged set (a CHW rise next to a supply-air cut is judged on the new air).
+    commands = {k: merged.targets.get(k, sp.command) for k, sp in state.setpoints.items()}
+    if coil_violations(commands, _envelopes(state)):
+        return None
     return merged
 
 

@@ -30,7 +30,9 @@ CDU_SUPPLY, CDU_PUMP = cand.CDU_SUPPLY, cand.CDU_PUMP
 
 
 def _sp(unit, name, kind, hall, value, lo, hi, step, since=math.inf):
-    env = Envelope(unit, name, kind, hall, lo, hi, max_step=step, max_rate_per_minute=None, min_dwell_seconds=60.0)
+    coil_loop = "chw" if name in (SAT, CHW) else None  # the CRAHs' coils draw on the chiller's loop
+    env = Envelope(unit, name, kind, hall, lo, hi, max_step=step, max_rate_per_minute=None, min_dwell_seconds=60.0,
+                   coil_loop=coil_loop)
     return SetpointState(env, value, value, since)
 
 
@@ -96,11 +98,10 @@ def test_hot_gpus_never_warmed_even_if_the_model_wants_it(hot_hall):
     out = mpc.propose(state)
     assert out, "the adversary makes some move attractive"
     assert not _raises_supply(state, out, hot_hall)
-    if hot_hall == "hall-a":
-        # chilled water may not rise past the coil approach of the hot air hall (17.5 - 3 = 14.5 allows 14.5)
-        for p in out:
-            if p.setpoint == CHW:
-                assert p.value + cand.COIL_APPROACH_K <= 17.5 + 1e-9
+    # chilled water may not rise past the coil approach of the CRAHs (17.5 - 3 = 14.5 allows 14.5)
+    for p in out:
+        if p.setpoint == CHW:
+            assert p.value + cand.COIL_APPROACH_K <= 17.5 + 1e-9
     # and with the hall cool, the same adversary does warm it: the rule, not the model, held it back
     cool = make_state(air_max=60.0, liquid_max=45.0, sat=17.5, chw=14.0)
     assert _raises_supply(cool, MPC(predictor=GreedyForWarmth()).propose(cool), hot_hall)
@@ -125,6 +126,23 @@ def test_candidates_are_bounded_and_inside_the_envelope():
     # both CRAHs of a hall move together
     moved = [c for c in cs if any(k[1] == SAT for k in c.targets)]
     assert moved and all(len(c.targets) == 2 for c in moved)
+
+
+def test_candidates_keep_the_coil_interlock():
+    # Supply air 17.5 over chilled water 14.5: exactly the 3 K approach. Neither may close it further.
+    state = make_state(sat=17.5, chw=14.5)
+    labels = [c.label for c in cand.generate(state)]
+    assert not any(lbl.startswith(("chilled water chiller-1 +", "supply air hall-a -")) for lbl in labels)
+    assert "chilled water chiller-1 -0.50 K" in labels and "supply air hall-a +1.00 K" in labels
+    # With room for half a step, the supply-air cut is clipped to the approach, as the safety layer would.
+    state = make_state(sat=18.0, chw=14.5)
+    cut = next(c for c in cand.generate(state) if c.label.startswith("supply air hall-a -"))
+    assert set(cut.targets.values()) == {17.5} and all("coil" in r for r in cut.clipped.values())
+    # Each single move keeps the approach; together they would not, so they are not merged.
+    cs = cand.generate(state)
+    picked = [c for c in cs if c.is_hold or c.label.startswith(("chilled water chiller-1 +", "supply air hall-a -"))]
+    assert len(picked) == 3
+    assert cand.combine(state, picked, [1.0, 0.5, 0.5]) is None
 
 
 def test_combine_merges_improving_single_moves():

@@ -40,6 +40,7 @@ from .state import (
     PolicyContext,
     PolicyLike,
     TwinWhatIf,
+    coil_violations,
     envelopes_from_layout,
     state_from_twin,
 )
@@ -199,11 +200,14 @@ def evaluate(policy: PolicyLike, facility: Mapping | Layout, days: float = 1.0, 
         state = state_from_twin(twin, envelopes, guard.last_change_s)
         for a in guard.apply(policy.propose(state)):
             expected[a.key] = a.value
-        # Audit every applied setpoint independently of the guard: in range, and nothing else moved it.
+        # Audit every applied setpoint independently of the guard: in range, and nothing else moved it; and the
+        # coil interlock across points.
+        commands = {k: twin.setpoint_command(*k) for k in envelopes}
         for k, env in envelopes.items():
-            cmd = twin.setpoint_command(*k)
+            cmd = commands[k]
             if abs(cmd - expected[k]) > 1e-9 or not env.allowable_min - 1e-9 <= cmd <= env.allowable_max + 1e-9:
                 audit_violations += 1
+        audit_violations += len(coil_violations(commands, envelopes))
         record()
         n = min(int(interval), round(t_start + total_s - twin.elapsed_s))
         for _ in range(max(n, 0)):

@@ -11,7 +11,9 @@ The split (DESIGN.md: dependencies point one way, control -> facility):
 
 Envelope semantics (per setpoint, from the facility file): allowable min/max; a change may not exceed
 `max_step`, nor `max_rate_per_minute` x the minutes since the point last changed; a point that changed
-less than `min_dwell_seconds` ago is held. Missing fields do not limit.
+less than `min_dwell_seconds` ago is held. Missing fields do not limit. Across points, the coil interlock
+(as in `control.envelope`): a CRAH's supply air stays at least `COIL_APPROACH_K` above the chilled water of
+the loop its coil draws from (`coil_bounds`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -31,6 +34,10 @@ SLOWDOWN_C = 89.0  # H100 thermal slowdown (TWIN.md "GPU")
 THROTTLE_PHI = 0.98  # TWIN.md: a GPU below this clock fraction is throttling
 THERMAL_BITS = REASON_SW_THERMAL | REASON_HW_THERMAL | REASON_HW_SLOWDOWN
 EPS = 1e-9
+# A CRAH coil cannot cool air to within this of its chilled water (settings.CONTROL_COIL_APPROACH_K live).
+COIL_APPROACH_K = 3.0
+CRAH_SUPPLY_AIR = "supply_air_temperature_setpoint"
+CHILLED_WATER = "chilled_water_supply_temperature_setpoint"
 
 Key = tuple[str, str]  # (unit, setpoint name)
 
@@ -46,6 +53,7 @@ class Envelope:
     max_step: float | None = None
     max_rate_per_minute: float | None = None
     min_dwell_seconds: float | None = None
+    coil_loop: str | None = None  # chilled-water loop of a CRAH's coil / a chiller's supply (coil interlock)
 
     @property
     def key(self) -> Key:
@@ -102,12 +110,40 @@ def envelopes_from_layout(layout) -> dict[Key, Envelope]:
     """Every setpoint of a `Layout`'s cooling units with its envelope."""
     out = {}
     for u in layout.units:
+        coil_loop = {"crah": u.return_loop, "chiller": u.supply_loop}.get(u.kind)
         for sp in u.setpoints.values():
             out[(u.name, sp.name)] = Envelope(
                 u.name, sp.name, u.kind, u.hall, float(sp.allowable_min), float(sp.allowable_max),
                 None if sp.max_step is None else float(sp.max_step),
                 None if sp.max_rate_per_minute is None else float(sp.max_rate_per_minute),
-                None if sp.min_dwell_seconds is None else float(sp.min_dwell_seconds))
+                None if sp.min_dwell_seconds is None else float(sp.min_dwell_seconds),
+                coil_loop if sp.name in (CRAH_SUPPLY_AIR, CHILLED_WATER) else None)
+    return out
+
+
+def coil_bounds(key: Key, commands: Mapping[Key, float], envelopes: Mapping[Key, Envelope]) -> tuple[float, float]:
+    """(lowest, highest) value the coil interlock allows point `key` given the other points' `commands`: a
+    CRAH's supply air at least its loop's warmest chilled-water setpoint + COIL_APPROACH_K, a chiller's chilled
+    water at most its loop's coldest CRAH supply air - COIL_APPROACH_K; unbounded for other points."""
+    env = envelopes[key]
+    if env.coil_loop is None:
+        return -math.inf, math.inf
+    other = {CRAH_SUPPLY_AIR: ("chiller", CHILLED_WATER), CHILLED_WATER: ("crah", CRAH_SUPPLY_AIR)}[env.name]
+    values = [commands[k] for k, e in envelopes.items() if (e.kind, e.name) == other and e.coil_loop == env.coil_loop]
+    if not values:
+        return -math.inf, math.inf
+    if env.name == CRAH_SUPPLY_AIR:
+        return max(values) + COIL_APPROACH_K, math.inf
+    return -math.inf, min(values) - COIL_APPROACH_K
+
+
+def coil_violations(commands: Mapping[Key, float], envelopes: Mapping[Key, Envelope]) -> list[Key]:
+    """The points whose command breaks the coil interlock (an audit, independent of any clipping)."""
+    out = []
+    for key in commands:
+        lo, hi = coil_bounds(key, commands, envelopes)
+        if not lo - 1e-6 <= commands[key] <= hi + 1e-6:
+            out.append(key)
     return out
 
 
@@ -277,6 +313,12 @@ class EnvelopeGuard:
             current = self.twin.setpoint_command(*p.key)
             since = self.since_change(p.key)
             value, reasons = env.limit(p.value, current, since)
+            if env.coil_loop is not None:  # judged against the other points as written so far this round
+                commands = {k: self.twin.setpoint_command(*k) for k in self.envelopes}
+                lo, hi = coil_bounds(p.key, commands, self.envelopes)
+                if not lo - EPS <= value <= hi + EPS:
+                    value, more = env.limit(min(max(value, lo), hi), current, since)
+                    reasons = [*reasons, "coil", *more]
             # A policy that clipped its own request still made a clipped action.
             reasons = list(dict.fromkeys([*p.clipped, *reasons]))
             if reasons:

@@ -1,5 +1,6 @@
 """Closed-loop evaluation: the metrics add up, the safety layer holds, the report is self-contained."""
 
+import math
 import re
 from types import SimpleNamespace
 
@@ -9,7 +10,15 @@ import pytest
 from facility.twin import Scenario, Twin
 from facility.twin.evaluation import Meter, comparison_table, evaluate, write_report
 from facility.twin.gpu import REASON_SW_POWER_CAP, REASON_SW_THERMAL
-from facility.twin.state import Envelope, Proposal
+from facility.twin.state import (
+    CHILLED_WATER,
+    COIL_APPROACH_K,
+    CRAH_SUPPLY_AIR,
+    Envelope,
+    Proposal,
+    coil_bounds,
+    coil_violations,
+)
 
 
 class Hold:
@@ -67,6 +76,51 @@ def test_reckless_policy_is_clipped_not_obeyed(small_site):
     assert r.metrics["clipped_actions"] > 0
     assert {"allowable_max", "allowable_min"} <= set(r.clipped_by)
     assert r.metrics["shutdowns"] == 0
+
+
+class CoilSqueezer:
+    """Asks for the coldest supply air and the warmest chilled water every decision: the coil interlock
+    (supply air >= chilled water + 3 K) must hold against it."""
+
+    name = "coil-squeezer"
+    decision_interval_s = 60.0
+
+    def reset(self, context):
+        pass
+
+    def propose(self, state):
+        out = []
+        for (unit, name), sp in state.setpoints.items():
+            if name == CRAH_SUPPLY_AIR:
+                out.append(Proposal(unit, name, sp.envelope.allowable_min))
+            elif name == CHILLED_WATER:
+                out.append(Proposal(unit, name, sp.envelope.allowable_max))
+        return out
+
+
+def test_the_coil_interlock_holds_against_a_policy_that_squeezes_it(small_site):
+    r = evaluate(CoilSqueezer(), small_site, days=3600 / 86400, outdoor=(25.0, 18.0), warmup_s=0, progress=False)
+    assert r.metrics["envelope_violations"] == 0
+    assert r.clipped_by.get("coil", 0) > 0
+    sat = [v for k, v in r.series.items() if k.endswith(CRAH_SUPPLY_AIR)]
+    chw = [v for k, v in r.series.items() if k.endswith(CHILLED_WATER)]
+    assert sat and chw
+    assert (np.min(sat, axis=0) >= np.max(chw, axis=0) + COIL_APPROACH_K - 1e-9).all()
+    # Squeezed from both sides, the two meet at the approach.
+    assert np.min(sat, axis=0)[-1] == pytest.approx(np.max(chw, axis=0)[-1] + COIL_APPROACH_K)
+
+
+def test_coil_bounds_pair_the_points_of_one_loop():
+    envs = {("crah-1", CRAH_SUPPLY_AIR): Envelope("crah-1", CRAH_SUPPLY_AIR, "crah", "h", 16, 27, coil_loop="chw"),
+            ("crah-2", CRAH_SUPPLY_AIR): Envelope("crah-2", CRAH_SUPPLY_AIR, "crah", "h", 16, 27, coil_loop="other"),
+            ("ch-1", CHILLED_WATER): Envelope("ch-1", CHILLED_WATER, "chiller", None, 7, 20, coil_loop="chw")}
+    commands = {("crah-1", CRAH_SUPPLY_AIR): 18.0, ("crah-2", CRAH_SUPPLY_AIR): 16.0, ("ch-1", CHILLED_WATER): 14.0}
+    assert coil_bounds(("crah-1", CRAH_SUPPLY_AIR), commands, envs) == (17.0, math.inf)
+    assert coil_bounds(("ch-1", CHILLED_WATER), commands, envs) == (-math.inf, 15.0)
+    assert coil_bounds(("crah-2", CRAH_SUPPLY_AIR), commands, envs) == (-math.inf, math.inf)  # another loop
+    assert coil_violations(commands, envs) == []
+    assert coil_violations({**commands, ("ch-1", CHILLED_WATER): 15.5}, envs) == [
+        ("crah-1", CRAH_SUPPLY_AIR), ("ch-1", CHILLED_WATER)]
 
 
 class _FakeTwin:
