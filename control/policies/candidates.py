@@ -187,8 +187,7 @@ def generate(state: State, steps: dict[str, float] | None = None, hot_c: float =
     return out
 
 
-def combine(state: State, candidates: Sequence[Candidate], scores: Sequence[float],
-            hot_c: float = 82.0, interlock_margin_k: float = 5.0) -> Candidate | None:
+def combine(state: State, candidates: Sequence[Candidate], scores: Sequence[float]) -> Candidate | None:
     """The union of the single moves that beat "hold" (the better direction per group), if two or more."""
     hold = scores[0]
     best: dict[str, tuple[float, Candidate]] = {}

@@ -124,7 +124,7 @@ class MPC(Policy):
         outs = pred.predict(state, cs)
         scores = [self._score(o, n) for o in outs]
         if self.combine:
-            merged = cand.combine(state, cs, scores, self.hot_c, self.interlock_margin_k)
+            merged = cand.combine(state, cs, scores)
             if merged is not None:
                 o = pred.predict(state, [merged])[0]
                 cs.append(merged)
