@@ -416,8 +416,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", default="absorbed,decompressing,mha", help="subset to time")
     parser.add_argument("--skip-accuracy", action="store_true", help="timings only (no training)")
     parser.add_argument("--accuracy-only", action="store_true", help="accuracy only (no timings)")
-    parser.add_argument("--accuracy-hours", type=float, default=None, help="twin hours (default 3; quick 0.75)")
-    parser.add_argument("--accuracy-epochs", type=int, default=None, help="max epochs (default 10; quick 3)")
+    parser.add_argument("--accuracy-hours", type=float, default=None, help="twin hours (default 6; quick 0.75)")
+    parser.add_argument("--accuracy-epochs", type=int, default=None, help="max epochs (default 30; quick 3)")
     parser.add_argument("--accuracy-windows", type=int, default=None,
                         help="training windows per epoch (default 1,024; quick 256)")
     parser.add_argument("--accuracy-window", type=int, default=96,
@@ -431,8 +431,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.streams = args.streams or 4096
     args.histories = [int(h) for h in (args.histories or "128,512,1024,2048").split(",")]
     args.runs = args.runs or 5
-    args.accuracy_hours = args.accuracy_hours or (0.75 if args.quick else 3.0)
-    args.accuracy_epochs = args.accuracy_epochs or (3 if args.quick else 10)
+    args.accuracy_hours = args.accuracy_hours or (0.75 if args.quick else 6.0)
+    args.accuracy_epochs = args.accuracy_epochs or (3 if args.quick else 30)
     args.accuracy_windows = args.accuracy_windows or (256 if args.quick else 1024)
     args.methods = set(args.methods.split(","))
     if unknown := args.methods - set(METHODS.values()):
