@@ -222,9 +222,10 @@ def measure_delta_scales(w: Windows, config: ForecasterConfig) -> tuple[tuple[fl
     """Mean absolute change of each target over each horizon in ``w`` (physical units), floored at 0.1 %
     of the feature's scale so a target that never moves still has a usable unit."""
     current = w.features[..., [FEATURE_NAMES.index(t) for t in config.targets]]  # (n, len, targets)
-    change = np.abs(w.targets - current[:, :, None, :])  # (n, len, horizons, targets)
-    with np.errstate(invalid="ignore"):
-        mean = np.nanmean(change.reshape(-1, *change.shape[2:]), axis=0)
+    change = np.abs(w.targets - current[:, :, None, :]).reshape(-1, *w.targets.shape[2:])  # (points, h, targets)
+    known = ~np.isnan(change)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a horizon longer than the data has no points
+        mean = np.where(known, change, 0.0).sum(axis=0) / known.sum(axis=0)
     scale = np.array([_FEATURE_BY_NAME[t].scale for t in config.targets])
     mean = np.where(np.isfinite(mean), np.maximum(mean, 1e-3 * scale), scale)  # no data: the feature's scale
     return tuple(tuple(float(v) for v in row) for row in mean)
