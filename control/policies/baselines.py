@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import math
 
+from facility.twin.state import CHILLED_WATER as CHW
+from facility.twin.state import CRAH_SUPPLY_AIR as CRAH_SAT
+
 from .base import Policy, PolicyContext, Proposal, SetpointState, State, register
 
-CRAH_SAT = "supply_air_temperature_setpoint"
-CHW = "chilled_water_supply_temperature_setpoint"
 TOWER = "leaving_water_temperature_setpoint"
 CDU_SUPPLY = "secondary_supply_temperature_setpoint"
 CDU_PUMP = "pump_speed_setpoint"

@@ -54,6 +54,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from facility.twin.state import CHILLED_WATER as CHW
 from facility.twin.state import (
     COIL_APPROACH_K,
     SLOWDOWN_C,
@@ -66,9 +67,8 @@ from facility.twin.state import (
     coil_bounds,
     coil_violations,
 )
+from facility.twin.state import CRAH_SUPPLY_AIR as CRAH_SAT
 
-CRAH_SAT = "supply_air_temperature_setpoint"
-CHW = "chilled_water_supply_temperature_setpoint"
 TOWER = "leaving_water_temperature_setpoint"
 CDU_SUPPLY = "secondary_supply_temperature_setpoint"
 CDU_PUMP = "pump_speed_setpoint"
@@ -149,12 +149,12 @@ def _move(group: Group, state: State, sign: int, steps: dict[str, float]) -> tup
     """Targets for every point of `group` one step in direction `sign`, clipped (by its envelope and the
     coil interlock, as the safety layer would); None if nothing moves."""
     targets, requested, clipped = {}, {}, {}
-    commands = {k: sp.command for k, sp in state.setpoints.items()}
+    commands, envelopes = {k: sp.command for k, sp in state.setpoints.items()}, _envelopes(state)
     for key in group.keys:
         sp: SetpointState = state.setpoints[key]
         want = sp.command + sign * steps[group.name]
         value, reasons = sp.limit(want)
-        lo, hi = coil_bounds(key, commands, _envelopes(state))
+        lo, hi = coil_bounds(key, commands, envelopes)
         if not lo - 1e-9 <= value <= hi + 1e-9:
             value, more = sp.limit(min(max(value, lo), hi))
             reasons = [*reasons, "coil", *more]
