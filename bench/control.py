@@ -5,6 +5,7 @@
     .venv/bin/python bench/control.py --policy fixed --policy rl --days 1 --climate hot
     .venv/bin/python bench/control.py --checkpoint var/models/rl/x.safetensors   # rl from a file
     .venv/bin/python bench/control.py --policy fixed --policy mpc --min-throughput 0.97   # mpc with a work floor
+    .venv/bin/python bench/control.py --policy fixed --min-throughput 0.97 --cooling-weight 1   # ... and cooling x2
 
 Runs `fixed`, `trim_respond`, `pid`, then `mpc` and `llm` where registered, and `rl`: the active RL model
 version, or a given checkpoint; with neither, a small one is trained first (`manage.py control train-rl`;
@@ -200,6 +201,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-train", action="store_true", help="Skip rl when no model exists instead of training one.")
     p.add_argument("--min-throughput", type=float, action="append", default=[],
                    help="Also run mpc with this throughput floor (share of unthrottled; repeat), as mpc>=X.")
+    p.add_argument("--cooling-weight", type=float, action="append", default=[],
+                   help="Run each mpc>=X with this extra weight on cooling kWh instead (repeat), as mpc>=X,cw=W.")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="Evaluation processes.")
     p.add_argument("--threads", type=int, default=1, help="Torch threads per process.")
     p.add_argument("--json", help="Also write the results (metrics per run, ratios, targets) here.")
@@ -226,10 +229,13 @@ def main(argv=None) -> int:
         else:
             params["rl"] = {"checkpoint": path}
     names = {n: n for n in wanted}
+    if args.cooling_weight and not args.min_throughput:
+        p.error("--cooling-weight applies to the floored mpc variants: give --min-throughput too")
     for floor in args.min_throughput:
-        label = f"mpc>={floor:g}"
-        wanted.append(label)
-        names[label], params[label] = "mpc", {"min_throughput": floor}
+        for weight in args.cooling_weight or [0.0]:
+            label = f"mpc>={floor:g}" + (f",cw={weight:g}" if weight else "")
+            wanted.append(label)
+            names[label], params[label] = "mpc", {"min_throughput": floor, "cooling_weight": weight}
     jobs = [{"policy": n, "name": names[n], "params": params[n], "climate": c, "workload": w, "seed": s,
              "days": days} for n in wanted for c in climates for w in workloads for s in seeds]
     print(f"{len(jobs)} runs: {', '.join(wanted)} × {', '.join(climates)} × {', '.join(workloads)} × seeds {seeds}, "

@@ -125,6 +125,10 @@ def test_policy_runs_api(role_client, make_user):
     floor = client.post("/api/v1/policy-runs/", {"site": "ra", "policy": "mpc", "params": {"min_throughput": 1.5}},
                         content_type="application/json")
     assert floor.status_code == 400 and "min_throughput" in floor.json()["message"], floor.json()
+    for weight in (-1, "twice"):
+        cw = client.post("/api/v1/policy-runs/", {"site": "ra", "policy": "mpc", "params": {"cooling_weight": weight}},
+                         content_type="application/json")
+        assert cw.status_code == 400 and "cooling_weight" in cw.json()["message"], cw.json()
     rl = client.post("/api/v1/policy-runs/", {"site": "ra", "policy": "rl"}, content_type="application/json")
     assert rl.status_code == 422 and rl.json()["code"] == "policy_unavailable"
     listed = client.get("/api/v1/policy-runs/?site=ra&enabled=true").json()["results"]

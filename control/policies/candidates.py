@@ -239,6 +239,8 @@ class Outcome:
     end_max_gpu_c: float = math.nan  # hottest GPU at the end of the horizon (max_gpu_c: over it)
     tail_s: float = 0.0  # length of the continuation; its hot GPU-seconds and shutdowns count above
     tail_ref_tflop: float = 0.0  # the continuation's work at clock fraction 1
+    tail_cooling_kwh: float = 0.0  # the continuation's cooling share of tail_kwh
+    end_cooling_kw: float = math.nan  # cooling power at the end of the horizon (nan: unknown, use the mean)
 
     @property
     def kwh_per_eflop(self) -> float:
@@ -288,17 +290,22 @@ class Outcome:
 
 def score(o: Outcome, gpus: int, terminal_s: float = 300.0, hot_weight: float = 0.2,
           throttle_weight: float = 0.5, shutdown_weight: float = 10.0, min_throughput: float | None = None,
-          floor_weight: float = 100.0) -> float:
+          floor_weight: float = 100.0, cooling_weight: float = 0.0) -> float:
     """kWh per EFLOP over the horizon plus `terminal_s` at the end-of-horizon rates, times (1 + penalties);
     the penalties are shares of GPU-time hot (>85 C) or thermally throttled, shutdowns per GPU, and (with
     `min_throughput`, a share of unthrottled work) the predicted shortfall below that floor over the horizon
     and its continuation: each point below it costs `floor_weight` points of objective, far more than any
-    energy a move saves."""
+    energy a move saves. `cooling_weight` counts each kWh of cooling 1 + w times: an operator's price on
+    cooling beyond its energy (water, plant wear, a demand charge); 0 is plain facility energy."""
     if o.tail_tflop > 0:  # a predicted continuation replaces the held end rates
         kwh, tflop = o.facility_kwh + o.tail_kwh, o.tflop + o.tail_tflop
+        cooling = o.cooling_kwh + o.tail_cooling_kwh
     else:
         kwh = o.facility_kwh + o.end_facility_kw * terminal_s / 3600
         tflop = o.tflop + o.end_tflops * terminal_s
+        end_cooling_kw = o.end_cooling_kw if math.isfinite(o.end_cooling_kw) else (
+            o.cooling_kwh * 3600 / o.horizon_s if o.horizon_s > 0 else 0.0)
+        cooling = o.cooling_kwh + end_cooling_kw * terminal_s / 3600
     if tflop <= 0:
         return math.inf
     gpu_s = max(gpus, 1) * max(o.horizon_s + o.tail_s, 1.0)
@@ -306,7 +313,7 @@ def score(o: Outcome, gpus: int, terminal_s: float = 300.0, hot_weight: float = 
            + shutdown_weight * o.shutdowns / max(gpus, 1))
     if min_throughput is not None and math.isfinite(o.sustained_throughput_ratio):
         pen += floor_weight * max(0.0, min_throughput - o.sustained_throughput_ratio)
-    return kwh / (tflop / 1e6) * (1.0 + pen)
+    return (kwh + cooling_weight * cooling) / (tflop / 1e6) * (1.0 + pen)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -374,7 +381,7 @@ class TwinPredictor:
         fac = it = cool = tflop = ref = hot = thr = 0.0
         tmax = float(b.tj.max()) if b.n else math.nan
         shut0 = b.shutdown_events
-        fac_kw = tflops = 0.0
+        fac_kw = tflops = cool_kw = 0.0
         for _ in range(self.horizon_steps * n_sub):
             tw.step(1, dt)
             it_kw = float(tw.node_power_w.sum()) / 1000
@@ -392,18 +399,21 @@ class TwinPredictor:
             thermal = (b.phi < THROTTLE_PHI) & ~b.shutdown & ((b.clocks_event_reasons() & THERMAL_BITS) != 0)
             thr += float(thermal.sum()) * dt
         end_max = float(b.tj.max()) if b.n else math.nan
-        tail_kwh = tail_tflop = tail_ref = 0.0
+        end_cool_kw = cool_kw if self.horizon_steps else math.nan
+        tail_kwh = tail_cool = tail_tflop = tail_ref = 0.0
         for _ in range(self.tail_steps):
             tw.step(1, self.tail_step_s)
             it_kw = float(tw.node_power_w.sum()) / 1000
-            tail_kwh += (it_kw + tw.plant.cooling_kw + tw.plant.losses_kw(it_kw)) * self.tail_step_s / 3600
+            cool_kw = tw.plant.cooling_kw
+            tail_kwh += (it_kw + cool_kw + tw.plant.losses_kw(it_kw)) * self.tail_step_s / 3600
+            tail_cool += cool_kw * self.tail_step_s / 3600
             tail_tflop += float(b.tflops().sum()) * self.tail_step_s
             tail_ref += float((tw.workload.tflops_max * tw.workload.u).sum()) * self.tail_step_s
             hot += float((b.tj > HOT_C).sum()) * self.tail_step_s
         self.rollouts += 1
         return Outcome(self.horizon_s, fac, it, cool, tflop, ref, tmax, hot, thr, int(b.shutdown_events - shut0),
                        fac_kw, tflops, self.name, tail_kwh, tail_tflop, end_max, self.tail_steps * self.tail_step_s,
-                       tail_ref)
+                       tail_ref, tail_cool, end_cool_kw)
 
     def predict(self, state: State, candidates: Sequence[Candidate]) -> list[Outcome]:
         return [self.rollout(c.targets) for c in candidates]
@@ -528,7 +538,7 @@ class SurrogatePredictor:
         return Outcome(self.horizon_s, fac_kw * h, it_kw * h, cool_kw * h, tflops * self.horizon_s,
                        ref * self.horizon_s, tmax if math.isfinite(tmax) else math.nan, hot, 0.0,
                        int(tmax >= 92.0), fac_kw, tflops, source or self.name,
-                       end_max_gpu_c=tmax if math.isfinite(tmax) else math.nan)
+                       end_max_gpu_c=tmax if math.isfinite(tmax) else math.nan, end_cooling_kw=cool_kw)
 
     def predict(self, state: State, candidates: Sequence[Candidate]) -> list[Outcome]:
         return [self.outcome(state, c.targets) for c in candidates]

@@ -12,8 +12,9 @@ Each decision:
 3. a second round: the single moves that beat hold, merged (`candidates.combine`), predicted too;
 4. choice: the lowest `candidates.score` (facility kWh per EFLOP with an end-of-horizon term, penalised
    for GPU-seconds above 85 C, thermal throttling, shutdowns and, with `min_throughput` (an operator's
-   floor on work done, as a share of unthrottled), any predicted shortfall below that floor); it must beat
-   hold by `min_gain` (relative) or the MPC holds - this keeps it from chattering on noise-level gains.
+   floor on work done, as a share of unthrottled), any predicted shortfall below that floor; with
+   `cooling_weight` w, each kWh of cooling counts 1 + w times); it must beat hold by `min_gain` (relative)
+   or the MPC holds - this keeps it from chattering on noise-level gains.
 
 The Policy interface stays as it is: the only thing the MPC needs from a run is the predictor, and it
 reads it from the context (`getattr(context, "predictor", None)`), so the baselines and the gym env are
@@ -90,10 +91,13 @@ class MPC(Policy):
     def __init__(self, predictor: cand.Predictor | None = None, horizon_steps: int = 5, step_s: float = 30.0,
                  terminal_s: float = 300.0, min_gain: float = 2e-4, hot_c: float = 82.0,
                  interlock_margin_k: float = 5.0, combine: bool = True, steps: dict[str, float] | None = None,
-                 min_throughput: float | None = None):
+                 min_throughput: float | None = None, cooling_weight: float = 0.0):
         if min_throughput is not None and not 0 < min_throughput <= 1:
             raise ValueError(f"min_throughput must be a share of unthrottled work in (0, 1], got {min_throughput}")
-        self.min_throughput = min_throughput
+        if not (isinstance(cooling_weight, int | float) and math.isfinite(cooling_weight) and cooling_weight >= 0):
+            raise ValueError(f"cooling_weight must be a finite number >= 0 (extra weight of a cooling kWh), "
+                             f"got {cooling_weight}")
+        self.min_throughput, self.cooling_weight = min_throughput, float(cooling_weight)
         self._given = predictor
         self.predictor: cand.Predictor | None = predictor
         self.horizon_steps, self.step_s = horizon_steps, step_s
@@ -112,7 +116,8 @@ class MPC(Policy):
         return self.predictor
 
     def _score(self, outcome: cand.Outcome, gpus: int) -> float:
-        return cand.score(outcome, gpus, self.terminal_s, min_throughput=self.min_throughput)
+        return cand.score(outcome, gpus, self.terminal_s, min_throughput=self.min_throughput,
+                          cooling_weight=self.cooling_weight)
 
     def decide(self, state: State) -> Decision:
         """Candidates, predictions, scores and the best candidate (index 0 is hold)."""
@@ -143,7 +148,8 @@ class MPC(Policy):
         e = o.effect(hold)
         return (f"MPC ({d.predictor} what-if, {o.horizon_s:.0f} s horizon): chose {c.label} of "
                 f"{len(d.candidates)} candidates; predicted kWh/EFLOP {hold.kwh_per_eflop:.4f} -> "
-                f"{o.kwh_per_eflop:.4f} ({_f(e['delta_kwh_per_eflop_pct'], '+.3f')} %; objective "
+                f"{o.kwh_per_eflop:.4f} ({_f(e['delta_kwh_per_eflop_pct'], '+.3f')} %; objective"
+                f"{f' with cooling weighted {1 + self.cooling_weight:g}x' if self.cooling_weight else ''} "
                 f"{-d.gain_pct(d.best):+.3f} %), "
                 f"cooling {_f(e['delta_cooling_kwh'], '+.4f')} kWh over the horizon, hottest GPU "
                 f"{o.end_max_gpu_c:.1f} C "

@@ -201,6 +201,55 @@ def test_a_throughput_floor_stops_the_mpc_trading_work_for_energy():
         MPC(min_throughput=1.5)
 
 
+class WarmthSavesCoolingNotEnergy:
+    """Warmer setpoints cut cooling but add more in leakage (IT) power than they save: per unit of work they
+    cost energy; the same work at every candidate."""
+
+    name = "warmth-saves-cooling"
+
+    def predict(self, state, candidates):
+        out = []
+        for c in candidates:
+            warmth = sum((v - state.setpoints[k].command) * (-1 if k[1] == CDU_PUMP else 1)
+                         for k, v in c.targets.items())
+            it, cool = 8.0 + 0.4 * warmth, 2.0 - 0.3 * warmth
+            out.append(cand.Outcome(150.0, it + cool, it, cool, 1e7, 1e7, 70.0 + warmth,
+                                    end_facility_kw=(it + cool) * 24, end_tflops=1e7 / 150, source=self.name))
+        return out
+
+
+def test_a_cooling_weight_trades_facility_energy_for_cooling_energy():
+    state = make_state(sat=20.0, chw=14.0)
+
+    def warms(mpc):
+        mpc.reset(PolicyContext({}, {}, 30.0))
+        proposals = mpc.propose(state)
+        return proposals, any(p.value > state.setpoints[p.key].command for p in proposals
+                              if p.setpoint in (SAT, CDU_SUPPLY))
+
+    _, plain_warms = warms(MPC(predictor=WarmthSavesCoolingNotEnergy()))
+    assert not plain_warms, "per unit of work, warmer costs energy: plain MPC must not warm"
+    weighted, weighted_warms = warms(MPC(predictor=WarmthSavesCoolingNotEnergy(), cooling_weight=4.0))
+    assert weighted_warms, "cooling counted 5x: warmer is cheaper"
+    assert "cooling weighted 5x" in weighted[0].rationale
+    for bad in (-0.5, math.inf, math.nan):
+        with pytest.raises(ValueError, match="cooling_weight"):
+            MPC(cooling_weight=bad)
+
+
+def test_score_weights_cooling_over_horizon_and_continuation():
+    o = cand.Outcome(150.0, 10.0, 8.0, 2.0, 1e7, 1e7, 70.0, end_facility_kw=240.0, end_tflops=1e7 / 150)
+    # 30 kWh (10 over the horizon, 240 kW for 300 s) for 30 PFLOP (1e7 TFLOP, then 1e7/150 TFLOPS for 300 s).
+    assert cand.score(o, 10, cooling_weight=0.0) == pytest.approx(30.0 / 30.0)
+    # No end cooling rate given: the horizon's mean cooling rate (48 kW) continues for terminal_s.
+    assert cand.score(o, 10, cooling_weight=1.0) == pytest.approx((30.0 + 2.0 + 48 * 300 / 3600) / 30.0)
+    o.end_cooling_kw = 60.0
+    assert cand.score(o, 10, cooling_weight=1.0) == pytest.approx((30.0 + 2.0 + 5.0) / 30.0)
+    tail = cand.Outcome(150.0, 10.0, 8.0, 2.0, 1e7, 1e7, 70.0, tail_kwh=30.0, tail_tflop=3e7, tail_s=600.0,
+                        tail_cooling_kwh=6.0)
+    assert cand.score(tail, 10, cooling_weight=2.0) == pytest.approx((40.0 + 2 * 8.0) / 40.0)
+
+
 def test_mpc_without_a_run_predictor_uses_the_surrogate():
     mpc = MPC()
     mpc.reset(PolicyContext({}, {}, 30.0))
