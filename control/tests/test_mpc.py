@@ -55,6 +55,11 @@ def make_state(air_max=70.0, liquid_max=50.0, since=math.inf, sat=20.0, chw=14.0
     return State(datetime(2025, 7, 1, 12), 0.0, 25.0, 18.0, {s.envelope.key: s for s in sps}, halls, fac)
 
 
+def _warmth(state, c):
+    """How much a candidate warms: kelvin of setpoint rise, plus pump-speed cut."""
+    return sum((v - state.setpoints[k].command) * (-1 if k[1] == CDU_PUMP else 1) for k, v in c.targets.items())
+
+
 class GreedyForWarmth:
     """An adversarial predictor: the warmer the candidate's setpoints (and the less pumping), the better."""
 
@@ -67,8 +72,7 @@ class GreedyForWarmth:
         self.calls += len(candidates)
         out = []
         for c in candidates:
-            warmth = sum((v - state.setpoints[k].command) * (-1 if k[1] == CDU_PUMP else 1)
-                         for k, v in c.targets.items())
+            warmth = _warmth(state, c)
             kwh = 10.0 - warmth
             out.append(cand.Outcome(150.0, kwh, 8.0, 2.0 - 0.1 * warmth, 1e7, 1.01e7, 70.0 + warmth, 0, 0, 0, kwh * 24,
                                     1e7 / 150, self.name))
@@ -176,8 +180,7 @@ class WarmthCostsWork:
     def predict(self, state, candidates):
         out = []
         for c in candidates:
-            warmth = sum((v - state.setpoints[k].command) * (-1 if k[1] == CDU_PUMP else 1)
-                         for k, v in c.targets.items())
+            warmth = _warmth(state, c)
             tflop = 1e7 * (0.98 - 0.01 * warmth)
             kwh = 10.0 - 0.5 * warmth
             out.append(cand.Outcome(150.0, kwh, 8.0, 2.0, tflop, 1e7, 70.0 + warmth, end_facility_kw=kwh * 24,
@@ -210,8 +213,7 @@ class WarmthSavesCoolingNotEnergy:
     def predict(self, state, candidates):
         out = []
         for c in candidates:
-            warmth = sum((v - state.setpoints[k].command) * (-1 if k[1] == CDU_PUMP else 1)
-                         for k, v in c.targets.items())
+            warmth = _warmth(state, c)
             it, cool = 8.0 + 0.4 * warmth, 2.0 - 0.3 * warmth
             out.append(cand.Outcome(150.0, it + cool, it, cool, 1e7, 1e7, 70.0 + warmth,
                                     end_facility_kw=(it + cool) * 24, end_tflops=1e7 / 150, source=self.name))
