@@ -186,9 +186,11 @@ def forecast_window(gpu: GPU, start: float, end: float) -> dict:
 def _live_error(made: np.ndarray, horizon: float, p50: np.ndarray, t: np.ndarray, v: np.ndarray,
                 width: float) -> dict:
     """MAE of the median forecast and of persistence (the value measured when the forecast was made)
-    against the measured value at the valid time, over forecasts whose both ends fall on measurements."""
+    against the measured value at the valid time, over forecasts whose both ends fall on measurements; and
+    the median's bias (mean forecast minus measured: negative when the model under-predicts)."""
+    none = {"mae": None, "persistence_mae": None, "bias": None, "n": 0}
     if len(made) == 0 or len(t) < 2:
-        return {"mae": None, "persistence_mae": None, "n": 0}
+        return none
     valid = made + horizon
 
     def measured_at(when):
@@ -200,6 +202,7 @@ def _live_error(made: np.ndarray, horizon: float, p50: np.ndarray, t: np.ndarray
     actual, then = measured_at(valid), measured_at(made)
     ok = ~np.isnan(actual) & ~np.isnan(then) & ~np.isnan(p50) & (valid <= t[-1])
     if not ok.any():
-        return {"mae": None, "persistence_mae": None, "n": 0}
-    return {"mae": float(np.abs(p50[ok] - actual[ok]).mean()),
-            "persistence_mae": float(np.abs(then[ok] - actual[ok]).mean()), "n": int(ok.sum())}
+        return none
+    error = p50[ok] - actual[ok]
+    return {"mae": float(np.abs(error).mean()), "persistence_mae": float(np.abs(then[ok] - actual[ok]).mean()),
+            "bias": float(error.mean()), "n": int(ok.sum())}

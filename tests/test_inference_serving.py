@@ -278,7 +278,7 @@ def test_model_page_shows_the_active_version_and_live_error(twin, active_model, 
     ten = data["horizons"]["10"]
     assert len(ten["valid_at"]) == len(ten["targets"]["gpu_temperature_celsius"]["p50"]) >= 40
     err = ten["errors"]["gpu_temperature_celsius"]
-    assert err["n"] >= 30 and err["mae"] >= 0 and err["persistence_mae"] >= 0
+    assert err["n"] >= 30 and err["mae"] >= 0 and err["persistence_mae"] >= 0 and abs(err["bias"]) <= err["mae"]
     assert data["horizons"]["300"]["errors"]["gpu_temperature_celsius"]["n"] == 0  # nothing is 300 s old yet
     assert len(data["measured"]["gpu_temperature_celsius"]["t"]) > 40
     # Bad queries: 400 naming the parameter.
@@ -286,6 +286,21 @@ def test_model_page_shows_the_active_version_and_live_error(twin, active_model, 
     assert bad.status_code == 400 and bad.json()["errors"][0]["item"] == "gpu"
     bad = client.get(reverse("inference:model-data"), {"gpu": gpu.uuid, "range": "1y"})
     assert bad.status_code == 400 and bad.json()["errors"][0]["item"] == "range"
+
+
+def test_live_error_scores_the_median_against_the_measurement_at_its_valid_time():
+    from inference.views import _live_error
+
+    t = np.arange(0.0, 100.0, 5.0)
+    v = 50.0 + 0.1 * t  # a measured ramp
+    made = np.array([0.0, 10.0, 20.0, 95.0])  # the last one's valid time (155 s) is not measured yet
+    p50 = 50.0 + 0.1 * (made + 60.0) - 2.0  # 2 units under the truth
+    err = _live_error(made, 60.0, p50, t, v, width=5.0)
+    assert err["n"] == 3
+    assert err["mae"] == pytest.approx(2.0) and err["bias"] == pytest.approx(-2.0)
+    assert err["persistence_mae"] == pytest.approx(6.0)  # the ramp rises 6 units in 60 s
+    assert _live_error(made[:0], 60.0, p50[:0], t, v, 5.0) == {"mae": None, "persistence_mae": None, "bias": None,
+                                                               "n": 0}
 
 
 def test_model_page_without_a_model_says_how_to_train_one(site, role_client):

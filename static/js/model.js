@@ -99,8 +99,11 @@
       ];
       if (Object.keys(base).length) traces.push({ type: "bar", name: "MHA variant (held out)", x: labels, y: pick(base, "mae"),
                                                   marker: { color: F.palette(3) } });
+      // The bias in the hover: a systematic under- or over-prediction shows there, not in the MAE.
       traces.push({ type: "scatter", mode: "markers", name: "MLA live, this GPU", x: labels, y: live("mae"),
-                    marker: { color: F.palette(1), size: 11, symbol: "diamond" } });
+                    customdata: live("bias"), marker: { color: F.palette(1), size: 11, symbol: "diamond" },
+                    hovertemplate: "%{x}: MAE %{y:.3g} " + meta.unit + ", bias %{customdata:+.3g} " + meta.unit +
+                                   "<extra>MLA live</extra>" });
       traces.push({ type: "scatter", mode: "markers", name: "persistence live, this GPU", x: labels, y: live("persistence_mae"),
                     marker: { color: F.colors.text, size: 9, symbol: "x" } });
       if (target !== TARGETS[0]) traces.forEach((t) => (t.showlegend = false));
