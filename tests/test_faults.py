@@ -13,6 +13,7 @@ load generator posts dcgm-exporter scrapes with a new timestamp each. Then:
 At the end every accepted sample is stored exactly once: rows = accepted batches x GPUs, no duplicates.
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -137,7 +138,14 @@ class Stack:
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "config", "worker", "-B", "-s", str(self.tmp / "beat-schedule"),
              "-P", "solo", "-Q", "ingest", "-n", f"faults-{time.monotonic_ns()}@localhost", "--without-mingle",
-             "--without-gossip", "-l", "warning"], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+             "--without-gossip", "-l", "warning"], cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)  # its own process group: `-B` forks a beat child that a kill must take too
+
+    def kill_worker(self):
+        """SIGKILL the worker and its beat child at once, as a dead host would (killing the parent alone
+        leaves the beat child running, orphaned, after the test)."""
+        os.killpg(self.worker.pid, signal.SIGKILL)
+        self.worker.wait()
 
     def get(self, path):
         try:
@@ -156,6 +164,9 @@ class Stack:
                     proc.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     proc.kill()
+        if self.worker:  # whatever of the worker's group is left (its beat child)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.worker.pid, signal.SIGKILL)
 
 
 class Load(threading.Thread):
@@ -255,8 +266,7 @@ def test_redis_postgres_and_worker_faults_lose_and_double_nothing(stack):
         _wait(lambda: 202 in load.since(mark), 60, "ingest to resume after PostgreSQL")
 
         # The ingest worker dies: the API keeps accepting into Redis; a new worker stores the backlog.
-        stack.worker.send_signal(signal.SIGKILL)
-        stack.worker.wait()
+        stack.kill_worker()
         mark = len(load.statuses)
         time.sleep(3)
         assert load.since(mark) == {202}
