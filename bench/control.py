@@ -6,6 +6,7 @@
     .venv/bin/python bench/control.py --checkpoint var/models/rl/x.safetensors   # rl from a file
     .venv/bin/python bench/control.py --policy fixed --policy mpc --min-throughput 0.97   # mpc with a work floor
     .venv/bin/python bench/control.py --policy fixed --min-throughput 0.97 --cooling-weight 1   # ... and cooling x2
+    .venv/bin/python bench/control.py --policy fixed --days 1 --start 2025-07-06   # one day from 6 July
 
 Runs `fixed`, `trim_respond`, `pid`, then `mpc` and `llm` where registered, and `rl`: the active RL model
 version, or a given checkpoint; with neither, a small one is trained first (`manage.py control train-rl`;
@@ -27,6 +28,7 @@ import os
 import statistics
 import sys
 import time
+from datetime import date, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
@@ -69,11 +71,18 @@ def _run(job: dict) -> dict:
     try:
         policy = policies.create(job.get("name", job["policy"]), **job["params"])
         r = evaluate(policy, facility, days=job["days"], climate=job["climate"], workload=job["workload"],
-                     seed=job["seed"], progress=False)
+                     seed=job["seed"], progress=False, start=datetime.fromisoformat(job["start"]))
         r.policy = job["policy"]  # a variant's label (mpc>=0.97) in the table
     except Exception as exc:  # a controller that cannot run is reported, not fatal
         return {**job, "error": f"{type(exc).__name__}: {exc}"}
     return {**job, "metrics": r.metrics, "wall_s": r.wall_s, "result": r}
+
+
+def _date(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
 def _rl_checkpoint(args) -> tuple[str | None, str]:
@@ -193,6 +202,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="CI protocol: 2 h, mixed climate, seed 0.")
     p.add_argument("--policy", action="append", help="Only these policies (repeat; fixed is always included).")
     p.add_argument("--days", type=float, help="Episode length (default 7; --quick 2 h).")
+    p.add_argument("--start", type=_date, default=date(2025, 7, 1),
+                   help="First day of each episode in the weather year, YYYY-MM-DD (default 2025-07-01).")
     p.add_argument("--climate", action="append", choices=["hot", "mixed", "cool"])
     p.add_argument("--workload", action="append", choices=["training", "inference", "burn"],
                    help="Workload of every hall (repeat; default training and inference, --quick training).")
@@ -237,9 +248,10 @@ def main(argv=None) -> int:
             wanted.append(label)
             names[label], params[label] = "mpc", {"min_throughput": floor, "cooling_weight": weight}
     jobs = [{"policy": n, "name": names[n], "params": params[n], "climate": c, "workload": w, "seed": s,
-             "days": days} for n in wanted for c in climates for w in workloads for s in seeds]
+             "days": days, "start": args.start.isoformat()}
+            for n in wanted for c in climates for w in workloads for s in seeds]
     print(f"{len(jobs)} runs: {', '.join(wanted)} × {', '.join(climates)} × {', '.join(workloads)} × seeds {seeds}, "
-          f"{days * 24:g} h each"
+          f"{days * 24:g} h each from {args.start}"
           + (f" (rl: {notes['rl']})" if "rl" in notes else ""), flush=True)
 
     from tqdm.auto import tqdm
@@ -270,7 +282,8 @@ def main(argv=None) -> int:
     print(f"\n{len(ok)} runs in {time.perf_counter() - t0:.0f} s" + (f"; {len(failed)} failed" if failed else ""))
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "protocol": {"days": days, "climates": climates, "workloads": workloads, "seeds": seeds, "notes": notes},
+            "protocol": {"days": days, "start": args.start.isoformat(), "climates": climates, "workloads": workloads,
+                         "seeds": seeds, "notes": notes},
             "runs": [{k: d[k] for k in ("policy", "climate", "workload", "seed", "days", "metrics", "wall_s")}
                      for d in ok],
             "failed": [{k: d[k] for k in ("policy", "climate", "workload", "seed", "error")} for d in failed],

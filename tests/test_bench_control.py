@@ -69,10 +69,14 @@ def test_only_runs_both_policies_have_are_compared():
 
 def test_a_cooling_weighted_mpc_variant_runs_under_its_own_label(capsys):
     bench.main(["--policy", "fixed", "--min-throughput", "0.97", "--cooling-weight", "1", "--days", "0.01",
-                "--climate", "mixed", "--workload", "training", "--seed", "0", "--workers", "1"])
+                "--climate", "mixed", "--workload", "training", "--seed", "0", "--workers", "1",
+                "--start", "2025-07-06"])
     out = capsys.readouterr().out
-    assert "2 runs: fixed, mpc>=0.97,cw=1" in out
+    assert "2 runs: fixed, mpc>=0.97,cw=1" in out and "from 2025-07-06" in out
     assert "! mpc" not in out, out  # the variant ran
     with pytest.raises(SystemExit):
         bench.main(["--policy", "fixed", "--cooling-weight", "1", "--days", "0.01"])
     assert "give --min-throughput too" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--start", "6 July"])
+    assert "not a date (YYYY-MM-DD): '6 July'" in capsys.readouterr().err
