@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import math
 
+from facility.twin.state import CDU_PUMP_SPEED as CDU_PUMP
+from facility.twin.state import CDU_SECONDARY_SUPPLY as CDU_SUPPLY
 from facility.twin.state import CHILLED_WATER as CHW
 from facility.twin.state import CRAH_SUPPLY_AIR as CRAH_SAT
+from facility.twin.state import TOWER_LEAVING_WATER as TOWER
 
 from .base import Policy, PolicyContext, Proposal, SetpointState, State, register
 
-TOWER = "leaving_water_temperature_setpoint"
-CDU_SUPPLY = "secondary_supply_temperature_setpoint"
-CDU_PUMP = "pump_speed_setpoint"
 TOWER_ABOVE_WET_BULB_K = 5.56  # 10 F, the classic tower approach reset (TWIN.md baselines)
 
 

@@ -54,6 +54,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from facility.twin.state import CDU_PUMP_SPEED as CDU_PUMP
+from facility.twin.state import CDU_SECONDARY_SUPPLY as CDU_SUPPLY
 from facility.twin.state import CHILLED_WATER as CHW
 from facility.twin.state import (
     COIL_APPROACH_K,
@@ -68,10 +70,7 @@ from facility.twin.state import (
     coil_violations,
 )
 from facility.twin.state import CRAH_SUPPLY_AIR as CRAH_SAT
-
-TOWER = "leaving_water_temperature_setpoint"
-CDU_SUPPLY = "secondary_supply_temperature_setpoint"
-CDU_PUMP = "pump_speed_setpoint"
+from facility.twin.state import TOWER_LEAVING_WATER as TOWER
 
 # One candidate step per point (clipped further by the envelope's max_step and rate).
 DEFAULT_STEPS = {CRAH_SAT: 1.0, CHW: 0.5, TOWER: 1.0, CDU_SUPPLY: 1.0, CDU_PUMP: 0.1}

@@ -36,8 +36,12 @@ THERMAL_BITS = REASON_SW_THERMAL | REASON_HW_THERMAL | REASON_HW_SLOWDOWN
 EPS = 1e-9
 # A CRAH coil cannot cool air to within this of its chilled water (settings.CONTROL_COIL_APPROACH_K live).
 COIL_APPROACH_K = 3.0
+# Setpoint names the controllers reason about (the facility file's, TWIN.md "Controls").
 CRAH_SUPPLY_AIR = "supply_air_temperature_setpoint"
 CHILLED_WATER = "chilled_water_supply_temperature_setpoint"
+TOWER_LEAVING_WATER = "leaving_water_temperature_setpoint"
+CDU_SECONDARY_SUPPLY = "secondary_supply_temperature_setpoint"
+CDU_PUMP_SPEED = "pump_speed_setpoint"
 
 Key = tuple[str, str]  # (unit, setpoint name)
 
