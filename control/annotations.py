@@ -8,14 +8,21 @@ from django.db.models import Q
 from django.urls import reverse
 
 from control.models import SetpointChange
+from facility.twin.state import (
+    CDU_PUMP_SPEED,
+    CDU_SECONDARY_SUPPLY,
+    CHILLED_WATER,
+    CRAH_SUPPLY_AIR,
+    TOWER_LEAVING_WATER,
+)
 
 # Metric of the setpoint read-back series each setpoint name is drawn on.
 _SERIES = {
-    "supply_air_temperature_setpoint": "supply_air_temperature_setpoint_celsius",
-    "secondary_supply_temperature_setpoint": "secondary_supply_temperature_setpoint_celsius",
-    "chilled_water_supply_temperature_setpoint": "chilled_water_supply_temperature_setpoint_celsius",
-    "leaving_water_temperature_setpoint": "leaving_water_temperature_setpoint_celsius",
-    "pump_speed_setpoint": "pump_speed_setpoint_ratio",
+    CRAH_SUPPLY_AIR: "supply_air_temperature_setpoint_celsius",
+    CDU_SECONDARY_SUPPLY: "secondary_supply_temperature_setpoint_celsius",
+    CHILLED_WATER: "chilled_water_supply_temperature_setpoint_celsius",
+    TOWER_LEAVING_WATER: "leaving_water_temperature_setpoint_celsius",
+    CDU_PUMP_SPEED: "pump_speed_setpoint_ratio",
 }
 
 

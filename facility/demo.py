@@ -7,6 +7,13 @@ imports; users start from that file. Benchmarks call the function with more rack
 import uuid
 
 from facility.facility_file import FORMAT
+from facility.twin.state import (
+    CDU_PUMP_SPEED,
+    CDU_SECONDARY_SUPPLY,
+    CHILLED_WATER,
+    CRAH_SUPPLY_AIR,
+    TOWER_LEAVING_WATER,
+)
 
 # PCI bus ids of the eight SXM GPUs on an HGX H100 baseboard, in DCGM index order.
 HGX_PCI_BUSES = ("18", "2a", "3a", "5d", "9a", "ab", "ba", "db")
@@ -41,7 +48,7 @@ def _crah(name: str, hall: str, supply_air_c: float) -> dict:
     return {
         "name": name, "kind": "crah", "hall": hall, "supply_loop": None, "return_loop": "chw-1",
         "capacity_kw": 60.0,
-        "setpoints": [_setpoint("supply_air_temperature_setpoint", "celsius", supply_air_c, 16, 27, 1.0, 0.5, 300)],
+        "setpoints": [_setpoint(CRAH_SUPPLY_AIR, "celsius", supply_air_c, 16, 27, 1.0, 0.5, 300)],
     }
 
 
@@ -50,8 +57,8 @@ def _cdu(name: str, loop: str) -> dict:
         "name": name, "kind": "cdu", "hall": "hall-b", "supply_loop": loop, "return_loop": "fws-1",
         "capacity_kw": 150.0,
         "setpoints": [
-            _setpoint("secondary_supply_temperature_setpoint", "celsius", 25.0, 20, 45, 2.0, 1.0, 120),
-            _setpoint("pump_speed_setpoint", "ratio", 1.0, 0.3, 1.2, 0.1, 0.2, 60),
+            _setpoint(CDU_SECONDARY_SUPPLY, "celsius", 25.0, 20, 45, 2.0, 1.0, 120),
+            _setpoint(CDU_PUMP_SPEED, "ratio", 1.0, 0.3, 1.2, 0.1, 0.2, 60),
         ],
     }
 
@@ -85,18 +92,18 @@ def build_demo_facility(air_racks: int = 8, liquid_racks: int = 4) -> dict:
             "name": "chiller-1", "kind": "chiller", "hall": None, "supply_loop": "chw-1", "return_loop": "cw-1",
             "capacity_kw": 1500.0,
             "setpoints": [
-                _setpoint("chilled_water_supply_temperature_setpoint", "celsius", 10.0, 7, 20, 0.5, 0.1, 300)
+                _setpoint(CHILLED_WATER, "celsius", 10.0, 7, 20, 0.5, 0.1, 300)
             ],
         },
         {
             "name": "tower-1", "kind": "cooling_tower", "hall": None, "supply_loop": "cw-1", "return_loop": None,
             "capacity_kw": 2000.0,
-            "setpoints": [_setpoint("leaving_water_temperature_setpoint", "celsius", 24.0, 12, 32, 1.0, 0.5, 300)],
+            "setpoints": [_setpoint(TOWER_LEAVING_WATER, "celsius", 24.0, 12, 32, 1.0, 0.5, 300)],
         },
         {
             "name": "tower-2", "kind": "cooling_tower", "hall": None, "supply_loop": "fws-1", "return_loop": None,
             "capacity_kw": 1200.0,
-            "setpoints": [_setpoint("leaving_water_temperature_setpoint", "celsius", 22.0, 12, 42, 1.0, 0.5, 300)],
+            "setpoints": [_setpoint(TOWER_LEAVING_WATER, "celsius", 22.0, 12, 42, 1.0, 0.5, 300)],
         },
         *(
             {"name": name, "kind": "pump", "hall": None, "supply_loop": loop, "return_loop": None,

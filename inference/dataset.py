@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from facility.twin.state import CDU_PUMP_SPEED, CDU_SECONDARY_SUPPLY, CRAH_SUPPLY_AIR
 from inference.model import FEATURE_NAMES, TARGETS
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "LoadDrops",
     "Windows",
     "assemble_rows",
+    "excitable_setpoints",
+    "excitation_range",
     "load_drop_features",
     "load_drops_before",
     "load_frames",
@@ -622,6 +625,23 @@ def load_frames(site, start_s: float | None = None, end_s: float | None = None, 
 # Straight from the twin (no Django): benchmarks and fast tests
 
 
+def excitable_setpoints(twin) -> list[dict]:
+    """The twin's setpoints that excitation moves (so the data shows their effect): CRAH supply air, CDU
+    supply and CDU pump speed."""
+    return [s for s in twin.setpoints() if s["name"] in (CRAH_SUPPLY_AIR, CDU_SECONDARY_SUPPLY, CDU_PUMP_SPEED)]
+
+
+def excitation_range(sp: dict) -> tuple[float, float]:
+    """Where excitation moves a setpoint: inside its allowable range, away from extremes that would only
+    shut GPUs down."""
+    lo, hi = sp["allowable_min"], sp["allowable_max"]
+    if sp["name"] == CDU_PUMP_SPEED:
+        return max(lo, 0.5), min(hi, 1.1)
+    if sp["name"] == CRAH_SUPPLY_AIR:
+        return lo, min(hi, 24.0)
+    return lo, min(hi, 35.0)
+
+
 def twin_frames(
     facility: Mapping | None = None,
     *,
@@ -656,8 +676,7 @@ def twin_frames(
     cmap = CoolingMap.from_facility(facility)
     gpu_of_twin = cmap.gpu_index(twin.gpu_uuids)
     rng = np.random.default_rng([seed, 11])
-    writable = [s for s in twin.setpoints() if s["name"] in (
-        "supply_air_temperature_setpoint", "secondary_supply_temperature_setpoint", "pump_speed_setpoint")]
+    writable = excitable_setpoints(twin)
     step = max(1, round(interval_s))
     twin.step(int(warmup_s))
     n_reads = int(hours * 3600 / step)
@@ -673,13 +692,7 @@ def twin_frames(
         if excite_every_s and writable and elapsed >= next_excite:
             next_excite += excite_every_s
             sp = writable[rng.integers(len(writable))]
-            lo, hi = sp["allowable_min"], sp["allowable_max"]
-            if sp["name"] == "pump_speed_setpoint":
-                lo, hi = max(lo, 0.5), min(hi, 1.1)
-            elif sp["name"] == "supply_air_temperature_setpoint":
-                hi = min(hi, 24.0)
-            else:
-                hi = min(hi, 35.0)
+            lo, hi = excitation_range(sp)
             twin.write_setpoint(sp["unit"], sp["name"], float(np.round(rng.uniform(lo, hi), 1)))
         if on_read is not None:
             on_read(twin, r)

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from facility.twin.state import CDU_PUMP_SPEED, CDU_SECONDARY_SUPPLY, CRAH_SUPPLY_AIR
 from inference.dataset import (
     LOAD_DROP_FEATURES,
     MAX_POINT_AGE_S,
@@ -644,9 +645,9 @@ def _row(pred: dict, j: int) -> dict[str, dict]:
 
 # Setpoint -> the measured series it drives, and how ("shift": by the same change, "scale": in proportion).
 _DRIVES = {
-    "supply_air_temperature_setpoint": ("supply_air_temperature_celsius", "", "shift"),
-    "secondary_supply_temperature_setpoint": ("supply_water_temperature_celsius", "secondary", "shift"),
-    "pump_speed_setpoint": ("flow_liters_per_minute", "secondary", "scale"),
+    CRAH_SUPPLY_AIR: ("supply_air_temperature_celsius", "", "shift"),
+    CDU_SECONDARY_SUPPLY: ("supply_water_temperature_celsius", "secondary", "shift"),
+    CDU_PUMP_SPEED: ("flow_liters_per_minute", "secondary", "scale"),
 }
 
 

@@ -26,19 +26,20 @@ import numpy as np
 
 from .layout import Layout, Unit
 from .params import PlantParams
+from .state import CDU_PUMP_SPEED, CDU_SECONDARY_SUPPLY, CHILLED_WATER, CRAH_SUPPLY_AIR, TOWER_LEAVING_WATER
 
 T0 = 273.15
 
 # Setpoints the physics reads, per unit kind: name -> (unit, default, allowable min, max).
 KNOWN_SETPOINTS = {
-    "crah": {"supply_air_temperature_setpoint": ("celsius", 18.0, 16.0, 27.0)},
-    "crac": {"supply_air_temperature_setpoint": ("celsius", 18.0, 16.0, 27.0)},
-    "chiller": {"chilled_water_supply_temperature_setpoint": ("celsius", 10.0, 7.0, 20.0)},
-    "cooling_tower": {"leaving_water_temperature_setpoint": ("celsius", 20.0, 5.0, 45.0)},
-    "dry_cooler": {"leaving_water_temperature_setpoint": ("celsius", 25.0, 5.0, 50.0)},
+    "crah": {CRAH_SUPPLY_AIR: ("celsius", 18.0, 16.0, 27.0)},
+    "crac": {CRAH_SUPPLY_AIR: ("celsius", 18.0, 16.0, 27.0)},
+    "chiller": {CHILLED_WATER: ("celsius", 10.0, 7.0, 20.0)},
+    "cooling_tower": {TOWER_LEAVING_WATER: ("celsius", 20.0, 5.0, 45.0)},
+    "dry_cooler": {TOWER_LEAVING_WATER: ("celsius", 25.0, 5.0, 50.0)},
     "cdu": {
-        "secondary_supply_temperature_setpoint": ("celsius", 25.0, 20.0, 45.0),
-        "pump_speed_setpoint": ("ratio", 1.0, 0.3, 1.2),
+        CDU_SECONDARY_SUPPLY: ("celsius", 25.0, 20.0, 45.0),
+        CDU_PUMP_SPEED: ("ratio", 1.0, 0.3, 1.2),
     },
     "pump": {},
 }
@@ -201,7 +202,7 @@ class Plant:
         self.crah_fan_rated_kw = self.crah_cap_kw * p.crah_fan_kw_per_kw
         self.crah_dx = np.array([u.kind == "crac" for u in self.crahs], dtype=bool)
         self.crah_sp = np.array(
-            [sps.find(u.name, "supply_air_temperature_setpoint") for u in self.crahs], dtype=np.int64
+            [sps.find(u.name, CRAH_SUPPLY_AIR) for u in self.crahs], dtype=np.int64
         )
         self.crah_supply_c = sps.value[self.crah_sp].copy()
         self.crah_failed = np.zeros(len(self.crahs), dtype=bool)
@@ -211,14 +212,14 @@ class Plant:
         towers = [u for u in units if u.kind in ("cooling_tower", "dry_cooler")]
         tower_col = {u.name: i for i, u in enumerate(towers)}
         self.towers = [
-            _Tower(u, sps.find(u.name, "leaving_water_temperature_setpoint"), u.kind == "dry_cooler",
-                   sps.value[sps.find(u.name, "leaving_water_temperature_setpoint")])
+            _Tower(u, sps.find(u.name, TOWER_LEAVING_WATER), u.kind == "dry_cooler",
+                   sps.value[sps.find(u.name, TOWER_LEAVING_WATER)])
             for u in towers
         ]
         self.chillers = []
         for u in chillers:
             cond = [t for t in towers if u.return_loop and t.supply_loop == u.return_loop]
-            sp = sps.find(u.name, "chilled_water_supply_temperature_setpoint")
+            sp = sps.find(u.name, CHILLED_WATER)
             self.chillers.append(_Chiller(u, sp, tower_col[cond[0].name] if cond else None, sps.value[sp]))
         chiller_col = {c.unit.name: i for i, c in enumerate(self.chillers)}
 
@@ -242,9 +243,9 @@ class Plant:
         self.cdu_pump_nominal_kw = (
             p.pump_dp_kpa * self.cdu_nominal_kg_s / p.water_density / p.pump_efficiency
         )
-        self.cdu_sp = np.array([sps.find(u.name, "secondary_supply_temperature_setpoint") for u in self.cdus],
+        self.cdu_sp = np.array([sps.find(u.name, CDU_SECONDARY_SUPPLY) for u in self.cdus],
                                dtype=np.int64)
-        self.cdu_pump_sp = np.array([sps.find(u.name, "pump_speed_setpoint") for u in self.cdus], dtype=np.int64)
+        self.cdu_pump_sp = np.array([sps.find(u.name, CDU_PUMP_SPEED) for u in self.cdus], dtype=np.int64)
         self.cdu_supply_c = sps.value[self.cdu_sp].copy()
         self.cdu_pump_speed = sps.value[self.cdu_pump_sp].copy()
         self.cdu_failed = np.zeros(nd, dtype=bool)

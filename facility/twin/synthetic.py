@@ -7,6 +7,8 @@ the residual air heat). 8-GPU HGX H100 nodes.
 
 from __future__ import annotations
 
+from .state import CDU_PUMP_SPEED, CDU_SECONDARY_SUPPLY, CHILLED_WATER, CRAH_SUPPLY_AIR, TOWER_LEAVING_WATER
+
 
 def _sp(name, unit, value, lo, hi):
     return {"name": name, "unit": unit, "value": value, "allowable_min": lo, "allowable_max": hi,
@@ -40,25 +42,25 @@ def synthetic_facility(air_racks: int = 8, air_nodes_per_rack: int = 2, liquid_r
     units = [
         {"name": "chiller-1", "kind": "chiller", "hall": None, "supply_loop": "chw-1", "return_loop": "cw-1",
          "capacity_kw": max(1500.0, 1.5 * (air_kw + 0.3 * liquid_kw)),
-         "setpoints": [_sp("chilled_water_supply_temperature_setpoint", "celsius", 10.0, 7, 20)]},
+         "setpoints": [_sp(CHILLED_WATER, "celsius", 10.0, 7, 20)]},
         {"name": "tower-1", "kind": "cooling_tower", "hall": None, "supply_loop": "cw-1", "return_loop": None,
          "capacity_kw": max(2000.0, 2.0 * (air_kw + 0.3 * liquid_kw)),
-         "setpoints": [_sp("leaving_water_temperature_setpoint", "celsius", 24.0, 12, 32)]},
+         "setpoints": [_sp(TOWER_LEAVING_WATER, "celsius", 24.0, 12, 32)]},
         {"name": "tower-2", "kind": "cooling_tower", "hall": None, "supply_loop": "fws-1", "return_loop": None,
          "capacity_kw": max(1200.0, 1.5 * liquid_kw),
-         "setpoints": [_sp("leaving_water_temperature_setpoint", "celsius", 22.0, 12, 42)]},
+         "setpoints": [_sp(TOWER_LEAVING_WATER, "celsius", 22.0, 12, 42)]},
         *({"name": n, "kind": "pump", "hall": None, "supply_loop": lp, "return_loop": None, "capacity_kw": None,
            "setpoints": []} for n, lp in (("chw-pump-1", "chw-1"), ("cw-pump-1", "cw-1"), ("fws-pump-1", "fws-1"))),
         *({"name": n, "kind": "crah", "hall": "hall-a", "supply_loop": None, "return_loop": "chw-1",
            "capacity_kw": max(60.0, 1.5 * air_kw / crahs),
-           "setpoints": [_sp("supply_air_temperature_setpoint", "celsius", 18.0, 16, 27)]} for n in crah_names),
+           "setpoints": [_sp(CRAH_SUPPLY_AIR, "celsius", 18.0, 16, 27)]} for n in crah_names),
         {"name": "crah-b1", "kind": "crah", "hall": "hall-b", "supply_loop": None, "return_loop": "chw-1",
          "capacity_kw": max(60.0, 0.5 * liquid_kw),
-         "setpoints": [_sp("supply_air_temperature_setpoint", "celsius", 20.0, 16, 27)]},
+         "setpoints": [_sp(CRAH_SUPPLY_AIR, "celsius", 20.0, 16, 27)]},
         *({"name": n, "kind": "cdu", "hall": "hall-b", "supply_loop": f"tcs-b{i + 1}", "return_loop": "fws-1",
            "capacity_kw": max(150.0, 1.5 * liquid_kw / cdus),
-           "setpoints": [_sp("secondary_supply_temperature_setpoint", "celsius", 25.0, 20, 45),
-                         _sp("pump_speed_setpoint", "ratio", 1.0, 0.3, 1.2)]} for i, n in enumerate(cdu_names)),
+           "setpoints": [_sp(CDU_SECONDARY_SUPPLY, "celsius", 25.0, 20, 45),
+                         _sp(CDU_PUMP_SPEED, "ratio", 1.0, 0.3, 1.2)]} for i, n in enumerate(cdu_names)),
     ]
     # Both halls always exist (their units refer to them), possibly without racks.
     halls = [

@@ -128,6 +128,7 @@ class Command(BaseCommand):
     def make_dataset(self, site, hours, interval, excite_every, workload, seed, **_):
         from tqdm import tqdm
 
+        from inference.dataset import excitable_setpoints, excitation_range
         from telemetry import writer
         from telemetry.sources.twin import TwinSource, run
 
@@ -139,8 +140,7 @@ class Command(BaseCommand):
         source = TwinSource(site, workload=workload, seed=seed, start=start)
         source.step(warmup)  # the twin settles from its initial state; those minutes are not emitted
         rng = np.random.default_rng([seed, 11])
-        writable = [s for s in source.twin.setpoints() if s["name"] in (
-            "supply_air_temperature_setpoint", "secondary_supply_temperature_setpoint", "pump_speed_setpoint")]
+        writable = excitable_setpoints(source.twin)
         total = int(hours * 3600 / interval)
         bar = tqdm(total=total, desc="twin → pipeline", unit="scrape")
         state = {"n": 0, "next": excite_every}
@@ -152,7 +152,7 @@ class Command(BaseCommand):
             if excite_every and writable and state["n"] * interval >= state["next"]:
                 state["next"] += excite_every
                 sp = writable[rng.integers(len(writable))]
-                lo, hi = _excitation_range(sp)
+                lo, hi = excitation_range(sp)
                 src.twin.write_setpoint(sp["unit"], sp["name"], float(np.round(rng.uniform(lo, hi), 1)))
             if state["n"] % 20 == 0:
                 writer.drain(consumer, time_budget_s=30)
@@ -192,13 +192,3 @@ class Command(BaseCommand):
         for _ in range(repeat):
             self.stdout.write(json.dumps(server.step().as_dict()))
 
-
-def _excitation_range(sp: dict) -> tuple[float, float]:
-    """Where demo excitation moves a setpoint: inside its allowable range, away from extremes that would
-    only shut GPUs down."""
-    lo, hi = sp["allowable_min"], sp["allowable_max"]
-    if sp["name"] == "pump_speed_setpoint":
-        return max(lo, 0.5), min(hi, 1.1)
-    if sp["name"] == "supply_air_temperature_setpoint":
-        return lo, min(hi, 24.0)
-    return lo, min(hi, 35.0)
