@@ -540,35 +540,150 @@ def load_gpu_rows(gpu_ids: Sequence[int], start_s: float, end_s: float, *, after
 
 def load_drops_before(gpu_ids: Sequence[int], end_s: float) -> dict[int, LoadDrops]:
     """Each GPU's load-drop state from its last ``MAX_LOAD_DROP_AGE_S`` of readings before ``end_s``, so a
-    stream rebuilt from a short history still knows its rhythm. The database finds the drops (``lag`` over
-    each GPU's valid readings) and returns only those rows and each GPU's last reading."""
-    from django.db import connection
+    stream rebuilt from a short history still knows its rhythm.
 
-    from telemetry.storage import GPU_TABLE, to_datetime
+    The database finds the drops (``lag`` over each GPU's valid readings) and returns only those rows and each
+    GPU's last reading. On PostgreSQL, where the 1-minute rollups cover the span, only the minutes that could
+    hold a drop are read raw (`_drop_ranges`): 2 h of 5 s readings for 4,096 GPUs are 6 M rows, of which a
+    training GPU's checkpoint dips touch a few dozen per GPU (docs/BENCHMARKS.md, "Rebuilding streams")."""
+    from django.db import connection
 
     drops = {int(g): LoadDrops() for g in gpu_ids}
     if not drops:
         return drops
-    adapt = connection.ops.adapt_datetimefield_value
-    column, scale = GPU_FEATURE_COLUMNS["gpu_utilization_ratio"]
-    sql = (
-        f"SELECT gpu_id, t, {column}, previous - {column} >= %s FROM (SELECT gpu_id, {_epoch_sql()} AS t, "  # noqa: S608
-        f"{column}, lag({column}) OVER w AS previous, lead(time) OVER w AS next FROM {GPU_TABLE} "
-        f"WHERE gpu_id IN ({', '.join(['%s'] * len(drops))}) AND time >= %s AND time < %s "
-        f"AND {column} IS NOT NULL WINDOW w AS (PARTITION BY gpu_id ORDER BY time)) AS readings "
-        f"WHERE previous - {column} >= %s OR next IS NULL ORDER BY gpu_id, t"
-    )
-    threshold = LOAD_DROP_RATIO / scale  # in the stored unit (%)
-    params = [threshold, *drops, adapt(to_datetime(end_s - MAX_LOAD_DROP_AGE_S)), adapt(to_datetime(end_s)),
-              threshold]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        for gpu_id, t, value, dropped in cursor.fetchall():
-            state = drops[int(gpu_id)]
-            if dropped:
-                state.previous_drop_s, state.last_drop_s = state.last_drop_s, float(t)
-            state.last_utilization = float(value) * scale  # the newest row comes last
+    start = end_s - MAX_LOAD_DROP_AGE_S
+    rows = None
+    if connection.vendor == "postgresql":
+        ranges = _drop_ranges(list(drops), start, end_s)
+        if ranges is not None:
+            rows = _drop_rows_in_ranges(ranges)
+    if rows is None:
+        rows = _drop_rows(list(drops), start, end_s)
+    found: dict[int, set[float]] = {g: set() for g in drops}
+    newest: dict[int, tuple[float, float]] = {}
+    for gpu_id, t, value, dropped, last in rows:
+        g, t = int(gpu_id), float(t)
+        if dropped:
+            found[g].add(t)
+        if last and (g not in newest or t > newest[g][0]):
+            newest[g] = (t, float(value))
+    scale = GPU_FEATURE_COLUMNS["gpu_utilization_ratio"][1]
+    for g, state in drops.items():
+        state.previous_drop_s, state.last_drop_s = [np.nan, np.nan, *sorted(found[g])][-2:]
+        if g in newest:
+            state.last_utilization = newest[g][1] * scale
     return drops
+
+
+def _drop_rows(gpu_ids: list[int], start_s: float, end_s: float) -> list[tuple]:
+    """(gpu_id, t, utilisation, dropped, last) for every drop reading and each GPU's last reading in
+    [start_s, end_s), from the raw samples (any database)."""
+    from django.db import connection
+
+    from telemetry.storage import GPU_TABLE, to_datetime
+
+    column = GPU_FEATURE_COLUMNS["gpu_utilization_ratio"][0]
+    sql = (
+        f"SELECT gpu_id, t, {column}, previous - {column} >= %s, next IS NULL FROM (SELECT gpu_id, "  # noqa: S608
+        f"{_epoch_sql()} AS t, {column}, lag({column}) OVER w AS previous, lead(time) OVER w AS next "
+        f"FROM {GPU_TABLE} WHERE gpu_id IN ({', '.join(['%s'] * len(gpu_ids))}) AND time >= %s AND time < %s "
+        f"AND {column} IS NOT NULL WINDOW w AS (PARTITION BY gpu_id ORDER BY time)) AS readings "
+        f"WHERE previous - {column} >= %s OR next IS NULL"
+    )
+    adapt = connection.ops.adapt_datetimefield_value
+    threshold = _drop_threshold()
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [threshold, *gpu_ids, adapt(to_datetime(start_s)), adapt(to_datetime(end_s)), threshold])
+        return cursor.fetchall()
+
+
+def _drop_threshold() -> float:
+    """LOAD_DROP_RATIO in the stored utilisation unit (%)."""
+    return LOAD_DROP_RATIO / GPU_FEATURE_COLUMNS["gpu_utilization_ratio"][1]
+
+
+def _drop_ranges(gpu_ids: list[int], start_s: float, end_s: float) -> list[tuple[int, float, float]] | None:
+    """Per GPU, the spans of [start_s, end_s) whose raw readings can hold a drop, merged: each rolled-up minute
+    whose utilisation range, or the fall from the previous minute's maximum to its minimum, reaches the drop
+    threshold (from the previous minute on, so the reading before the drop is read too); minutes marked dirty
+    (late samples, not rolled up again yet); and everything from each GPU's last rolled-up minute to
+    ``end_s``. None when the minute rollups do not reach into the span (then read it all raw)."""
+    from django.db import connection
+
+    from telemetry.models import DirtyBucket, Resolution, RollupState
+    from telemetry.storage import to_datetime
+
+    minute = Resolution.MINUTE.value
+    state = RollupState.objects.filter(resolution=minute).first()
+    covered = min(state.done_until.timestamp(), end_s) if state else start_s
+    if covered < start_s + minute:
+        return None
+    column = GPU_FEATURE_COLUMNS["gpu_utilization_ratio"][0]
+    sql = (
+        f"SELECT gpu_id, b, previous_b, candidate, next_b IS NULL FROM (SELECT gpu_id, "  # noqa: S608 — constants
+        f"{_epoch_sql('bucket')} AS b, "
+        f"lag({_epoch_sql('bucket')}) OVER w AS previous_b, lead(bucket) OVER w AS next_b, "
+        f"(max_{column} - min_{column} >= %s OR lag(max_{column}) OVER w - min_{column} >= %s) AS candidate "
+        f"FROM unnest(%s::bigint[]) AS g(id) JOIN telemetry_gpurollup ON gpu_id = g.id AND resolution = %s "
+        f"AND bucket >= %s AND bucket < %s AND max_{column} IS NOT NULL "
+        f"WINDOW w AS (PARTITION BY gpu_id ORDER BY bucket)) AS minutes "
+        f"WHERE candidate OR next_b IS NULL"
+    )
+    threshold = _drop_threshold()
+    adapt = connection.ops.adapt_datetimefield_value
+    first = start_s // minute * minute
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [threshold, threshold, gpu_ids, minute, adapt(to_datetime(first)),
+                             adapt(to_datetime(covered))])
+        minutes = cursor.fetchall()
+    spans: dict[int, list[tuple[float, float]]] = {g: [] for g in gpu_ids}
+    tail_from = dict.fromkeys(gpu_ids, start_s)  # a GPU with no rolled-up minute is read raw from the start
+    for gpu_id, b, previous_b, candidate, last in minutes:
+        if candidate:
+            spans[gpu_id].append((previous_b if previous_b is not None else b, b + minute))
+        if last:
+            tail_from[gpu_id] = b
+    for b in DirtyBucket.objects.filter(resolution=minute, bucket__gte=to_datetime(first),
+                                        bucket__lt=to_datetime(covered)).values_list("bucket", flat=True):
+        for g in gpu_ids:
+            spans[g].append((b.timestamp() - minute, b.timestamp() + minute))
+    out = []
+    for g in gpu_ids:
+        merged: list[list[float]] = []
+        for lo, hi in sorted([*spans[g], (tail_from[g], end_s)]):
+            lo, hi = max(lo, start_s), min(hi, end_s)
+            if merged and lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            elif lo < hi:
+                merged.append([lo, hi])
+        out += [(g, lo, hi) for lo, hi in merged]
+    return out
+
+
+def _drop_rows_in_ranges(ranges: list[tuple[int, float, float]]) -> list[tuple]:
+    """`_drop_rows` over per-GPU spans (PostgreSQL): each span is read on the (gpu_id, time) key by itself,
+    and a reading's predecessor is looked for within its span only."""
+    from django.db import connection
+
+    from telemetry.storage import GPU_TABLE, to_datetime
+
+    if not ranges:
+        return []
+    column = GPU_FEATURE_COLUMNS["gpu_utilization_ratio"][0]
+    sql = (
+        f"SELECT gpu, t, u, previous - u >= %s, next IS NULL FROM (SELECT r.gpu, r.k, "  # noqa: S608 — constants
+        f"{_epoch_sql('s.time')} AS t, s.{column} AS u, lag(s.{column}) OVER w AS previous, "
+        f"lead(s.time) OVER w AS next FROM unnest(%s::bigint[], %s::timestamptz[], %s::timestamptz[]) "
+        f"WITH ORDINALITY AS r(gpu, lo, hi, k) CROSS JOIN LATERAL (SELECT time, {column} FROM {GPU_TABLE} "
+        f"WHERE gpu_id = r.gpu AND time >= r.lo AND time < r.hi AND {column} IS NOT NULL) AS s "
+        f"WINDOW w AS (PARTITION BY r.k ORDER BY s.time)) AS readings WHERE previous - u >= %s OR next IS NULL"
+    )
+    threshold = _drop_threshold()
+    gpus, los, his = zip(*ranges, strict=True)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [threshold, list(gpus), [to_datetime(t) for t in los], [to_datetime(t) for t in his],
+                             threshold])
+        return cursor.fetchall()
 
 
 def load_rows(site, start_s: float, end_s: float, *, cmap: CoolingMap | None = None,

@@ -168,6 +168,60 @@ def test_a_rebuilt_stream_keeps_its_load_drop_rhythm(site, active_model):
             assert restarted.last_forecasts[key][column] == pytest.approx(value, rel=1e-4, abs=1e-3), (key, column)
 
 
+def _utilisation_samples(gpu, start: float, values) -> list[GpuSample]:
+    """GpuSamples of one GPU, 5 s apart from ``start``; None values leave a gap, "null" stores a NULL."""
+    return [GpuSample(gpu=gpu, time=datetime.fromtimestamp(start + 5 * i, UTC), gpu_temp=60.0,
+                      gpu_util=None if v == "null" else v)
+            for i, v in enumerate(values) if v is not None]
+
+
+def test_load_drops_found_through_the_rollups_equal_a_full_raw_scan(site, monkeypatch):
+    from inference import dataset
+    from telemetry import rollups
+    from telemetry.storage import ensure_partitions
+
+    a, b, c, d = GPU.objects.order_by("pk")[:4]
+    start = (datetime.now(UTC) - timedelta(minutes=40)).timestamp() // 60 * 60
+    steady = [95.0] * 12
+    samples = [
+        # a: a 60 s dip starting 25 s into a minute, one starting on a minute's first reading, then steady.
+        *_utilisation_samples(a, start, [*steady * 5, *[95.0] * 5, *[10.0] * 12, *[95.0] * 7, *steady * 4,
+                                         *[10.0] * 12, *steady * 10]),
+        # b: readings stop for two minutes and resume low (the drop's previous reading is three minutes
+        # back), and NULL utilisation between the loaded readings and the gap.
+        *_utilisation_samples(b, start, [*steady * 10, 95.0, "null", "null", *[None] * 33, *[8.0] * 30,
+                                         *[90.0] * 60]),
+        # c: never drops by 40 points (steps of 30).
+        *_utilisation_samples(c, start, [*[90.0] * 60, *[60.0] * 60, *[30.0] * 60, *[60.0] * 60]),
+        # d: nothing rolled up yet (it starts reporting after the rollups' watermark) and drops there.
+        *_utilisation_samples(d, start + 37 * 60, [90.0] * 10 + [20.0] * 10),
+    ]
+    ensure_partitions({datetime.fromtimestamp(start, UTC).date(), datetime.now(UTC).date()})
+    GpuSample.objects.bulk_create(samples)
+    end = start + 39 * 60
+    rollups.roll_up(now=start + 36 * 60 + rollups.SETTLE_SECONDS)  # minutes up to 36 rolled up, the rest raw
+    # A late sample in a rolled-up minute (the writer marks its bucket dirty): c falls 85 points there.
+    late = start + 15 * 60 + 2.5
+    GpuSample.objects.bulk_create(_utilisation_samples(c, late, [85.0, 0.0]))
+    rollups.mark_dirty(60, [late, late + 5])
+
+    ids = [a.pk, b.pk, c.pk, d.pk]
+    spans = dataset._drop_ranges(ids, end - dataset.MAX_LOAD_DROP_AGE_S, end)
+    stored = [(s.gpu_id, s.time.timestamp()) for s in GpuSample.objects.filter(gpu__in=ids)]
+    read = [(g, t) for g, t in stored if any(g == h and lo <= t < hi for h, lo, hi in spans)]
+    assert len(read) < 0.4 * len(stored)  # the rollups spared most of the raw readings
+    found = dataset.load_drops_before(ids, end)
+    monkeypatch.setattr(dataset, "_drop_ranges", lambda *args: None)
+    raw = dataset.load_drops_before(ids, end)
+    for g in ids:
+        assert (found[g].previous_drop_s, found[g].last_drop_s, found[g].last_utilization) == pytest.approx(
+            (raw[g].previous_drop_s, raw[g].last_drop_s, raw[g].last_utilization), nan_ok=True), g
+    assert (found[a.pk].previous_drop_s, found[a.pk].last_drop_s) == (start + 325, start + 660)
+    assert found[b.pk].last_drop_s == start + 5 * 156 and np.isnan(found[b.pk].previous_drop_s)
+    assert found[c.pk].last_drop_s == late + 5 and found[c.pk].last_utilization == pytest.approx(0.6)
+    assert found[d.pk].last_drop_s == start + 37 * 60 + 50
+
+
 def test_quiet_streams_are_evicted_and_come_back_by_prefill(twin, active_model):
     twin.feed(20)
     server = ForecastServer(worker="c")
