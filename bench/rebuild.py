@@ -114,10 +114,10 @@ def main(argv=None) -> int:
         base = statistics.median(times["raw"])
         print(f"\nload_drops_before for {args.gpus:,} GPUs over {dataset.MAX_LOAD_DROP_AGE_S / 3600:g} h "
               f"({with_drops:,} GPUs with drops; same drops both ways: {same})")
-        print(f"{'method':<34} {'median s':>9} {'vs raw':>8}")
-        print(f"{'raw span (baseline)':<34} {base:>9.2f} {1.0:>7.2f}x")
+        print(f"{'method':<34} {'median s':>9} {'speed-up vs raw':>16}")
+        print(f"{'raw span (baseline)':<34} {base:>9.2f} {1.0:>15.2f}x")
         med = statistics.median(times["rollups"])
-        print(f"{f'rollups + {len(spans):,} raw spans':<34} {med:>9.2f} {base / med:>7.2f}x faster")
+        print(f"{f'rollups + {len(spans):,} raw spans':<34} {med:>9.2f} {base / med:>15.2f}x")
         return 0 if same else 1
     finally:
         from django.db import connections
