@@ -7,6 +7,7 @@
     .venv/bin/python bench/control.py --policy fixed --policy mpc --min-throughput 0.97   # mpc with a work floor
     .venv/bin/python bench/control.py --policy fixed --min-throughput 0.97 --cooling-weight 1   # ... and cooling x2
     .venv/bin/python bench/control.py --policy fixed --days 1 --start 2025-07-06   # one day from 6 July
+    .venv/bin/python bench/control.py --results runs.jsonl   # the full protocol, resumable: kept runs are not re-run
 
 Runs `fixed`, `trim_respond`, `pid`, then `mpc` and `llm` where registered, and `rl`: the active RL model
 version, or a given checkpoint; with neither, a small one is trained first (`manage.py control train-rl`;
@@ -77,6 +78,47 @@ def _run(job: dict) -> dict:
         return {**job, "error": f"{type(exc).__name__}: {exc}"}
     return {**job, "metrics": r.metrics, "wall_s": r.wall_s, "result": r}
 
+
+
+# --- a results file: each finished run appended as it ends, so a long protocol resumes where it stopped ---
+KEY_FIELDS = ("policy", "name", "params", "climate", "workload", "seed", "days", "start")
+SERIES_POINTS = 500  # a stored run's time series, thinned to at most this many points (the report's charts)
+
+
+def _job_key(job: dict) -> str:
+    """What identifies a run in a results file: the variant and its parameters, and the episode."""
+    return json.dumps({k: job[k] for k in KEY_FIELDS}, sort_keys=True)
+
+
+def _record(job: dict, result) -> dict:
+    step = max(1, -(-len(result.series.get("hours", [])) // SERIES_POINTS))
+    return {"key": _job_key(job), "profile": result.profile, "metrics": result.metrics, "wall_s": result.wall_s,
+            "clipped_by": result.clipped_by, "violations_by": result.violations_by,
+            "series": {k: v[::step] for k, v in result.series.items()}}
+
+
+def _load_results(path: Path) -> dict[str, dict]:
+    """The runs a results file holds, by key; a line that does not parse stops the bench, naming it."""
+    records = {}
+    if path.exists():
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                records[record["key"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise SystemExit(f"{path}:{n}: not a run record ({exc}); fix or remove that line") from None
+    return records
+
+
+def _from_record(job: dict, record: dict) -> dict:
+    from facility.twin.evaluation import EvaluationResult
+
+    result = EvaluationResult(job["policy"], job["climate"], job["workload"], job["seed"], job["days"],
+                              record["profile"], record["metrics"], record["series"], record["clipped_by"],
+                              record["violations_by"], record["wall_s"])
+    return {**job, "metrics": result.metrics, "wall_s": result.wall_s, "result": result}
 
 def _date(text: str) -> date:
     try:
@@ -216,6 +258,8 @@ def main(argv=None) -> int:
                    help="Run each mpc>=X with this extra weight on cooling kWh instead (repeat), as mpc>=X,cw=W.")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="Evaluation processes.")
     p.add_argument("--threads", type=int, default=1, help="Torch threads per process.")
+    p.add_argument("--results", help="A JSON-lines file: each finished run is appended as it ends, and runs "
+                   "already in it are\nnot run again (resume a long protocol; the table covers both).")
     p.add_argument("--json", help="Also write the results (metrics per run, ratios, targets) here.")
     p.add_argument("--report", help="Also write the plotly HTML report here.")
     args = p.parse_args(argv)
@@ -257,17 +301,29 @@ def main(argv=None) -> int:
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    done = []
-    if args.workers > 1 and len(jobs) > 1:
+    results_file = Path(args.results) if args.results else None
+    saved = _load_results(results_file) if results_file else {}
+    done = [_from_record(job, saved[_job_key(job)]) for job in jobs if _job_key(job) in saved]
+    todo = [job for job in jobs if _job_key(job) not in saved]
+    if results_file:
+        print(f"{len(done)} of the runs already in {results_file}, {len(todo)} to run", flush=True)
+
+    def finished(out: dict) -> None:
+        done.append(out)
+        if results_file and "error" not in out:
+            with results_file.open("a") as f:
+                f.write(json.dumps(_record(out, out["result"])) + "\n")
+
+    if args.workers > 1 and len(todo) > 1:
         import multiprocessing as mp
 
-        with mp.get_context("spawn").Pool(min(args.workers, len(jobs)), _init_worker, (args.threads,)) as pool:
-            for out in tqdm(pool.imap_unordered(_run, jobs), total=len(jobs), desc="evaluating", unit="run"):
-                done.append(out)
-    else:
+        with mp.get_context("spawn").Pool(min(args.workers, len(todo)), _init_worker, (args.threads,)) as pool:
+            for out in tqdm(pool.imap_unordered(_run, todo), total=len(todo), desc="evaluating", unit="run"):
+                finished(out)
+    elif todo:
         _init_worker(args.threads)
-        for job in tqdm(jobs, desc="evaluating", unit="run"):
-            done.append(_run(job))
+        for job in tqdm(todo, desc="evaluating", unit="run"):
+            finished(_run(job))
     failed = [d for d in done if "error" in d]
     ok = [d for d in done if "error" not in d]
     for d in failed:
@@ -279,7 +335,8 @@ def main(argv=None) -> int:
     print(comparison_table(results))
     summary = summarise(results, wanted, climates, workloads)
     print(summary_text(summary))
-    print(f"\n{len(ok)} runs in {time.perf_counter() - t0:.0f} s" + (f"; {len(failed)} failed" if failed else ""))
+    print(f"\n{len(todo)} runs in {time.perf_counter() - t0:.0f} s" + (f"; {len(failed)} failed" if failed else "")
+          + (f" ({len(done) - len(todo)} more from {results_file})" if len(done) > len(todo) else ""))
     if args.json:
         Path(args.json).write_text(json.dumps({
             "protocol": {"days": days, "start": args.start.isoformat(), "climates": climates, "workloads": workloads,

@@ -1,6 +1,7 @@
 """bench/control.py's verdict on the control issue's targets, from hand-made evaluation results."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,28 @@ def test_a_cooling_weighted_mpc_variant_runs_under_its_own_label(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--start", "6 July"])
     assert "not a date (YYYY-MM-DD): '6 July'" in capsys.readouterr().err
+
+
+def test_a_results_file_keeps_each_run_and_a_rerun_resumes_from_it(tmp_path, capsys):
+    results = tmp_path / "runs.jsonl"
+    short = ["--days", "0.002", "--climate", "mixed", "--workload", "training", "--seed", "0", "--workers", "1",
+             "--results", str(results)]
+    bench.main(["--policy", "fixed", *short])
+    first = capsys.readouterr().out
+    assert "0 of the runs already in" in first and len(results.read_text().splitlines()) == 1
+    bench.main(["--policy", "fixed", "--policy", "trim_respond", *short, "--json", str(tmp_path / "out.json")])
+    second = capsys.readouterr().out
+    assert "1 of the runs already in" in second and "1 to run" in second  # only trim & respond ran
+    assert len(results.read_text().splitlines()) == 2
+    runs = {r["policy"]: r["metrics"] for r in json.loads((tmp_path / "out.json").read_text())["runs"]}
+    kept = json.loads(results.read_text().splitlines()[0])
+    assert runs["fixed"] == pytest.approx(kept["metrics"])  # the table's fixed row is the stored run's
+    assert _table_row(first, "fixed") == _table_row(second, "fixed")
+    with results.open("a") as f:
+        f.write("{not json\n")
+    with pytest.raises(SystemExit, match=r"runs.jsonl:3: not a run record"):
+        bench.main(["--policy", "fixed", *short])
+
+
+def _table_row(out: str, policy: str) -> list[str]:
+    return next(line.split() for line in out.splitlines() if line.strip().startswith(f"{policy} "))
