@@ -90,25 +90,48 @@ def _job_key(job: dict) -> str:
     return json.dumps({k: job[k] for k in KEY_FIELDS}, sort_keys=True)
 
 
-def _record(job: dict, result) -> dict:
+def code_version() -> str:
+    """The checkout's commit (with "+changes" when the work tree differs), for a stored run's provenance."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if dirty else "")
+
+
+def _record(job: dict, result, version: str) -> dict:
     step = max(1, -(-len(result.series.get("hours", [])) // SERIES_POINTS))
-    return {"key": _job_key(job), "profile": result.profile, "metrics": result.metrics, "wall_s": result.wall_s,
-            "clipped_by": result.clipped_by, "violations_by": result.violations_by,
+    return {"key": _job_key(job), "code": version, "profile": result.profile, "metrics": result.metrics,
+            "wall_s": result.wall_s, "clipped_by": result.clipped_by, "violations_by": result.violations_by,
             "series": {k: v[::step] for k, v in result.series.items()}}
 
 
 def _load_results(path: Path) -> dict[str, dict]:
-    """The runs a results file holds, by key; a line that does not parse stops the bench, naming it."""
+    """The runs a results file holds, by key. A line that does not parse stops the bench, naming it, except a
+    last line cut short (a run killed while writing it), which is removed from the file: that run runs again."""
     records = {}
-    if path.exists():
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
+    if not path.exists():
+        return records
+    text = path.read_text()
+    lines = text.splitlines()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            records[record["key"]] = record
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            if n == len(lines) and not text.endswith("\n"):
+                print(f"{path}:{n}: a run record cut short; removed (that run runs again)", flush=True)
+                path.write_text(text[:text.rfind("\n") + 1])
                 continue
-            try:
-                record = json.loads(line)
-                records[record["key"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise SystemExit(f"{path}:{n}: not a run record ({exc}); fix or remove that line") from None
+            raise SystemExit(f"{path}:{n}: not a run record ({exc}); fix or remove that line") from None
     return records
 
 
@@ -305,14 +328,18 @@ def main(argv=None) -> int:
     saved = _load_results(results_file) if results_file else {}
     done = [_from_record(job, saved[_job_key(job)]) for job in jobs if _job_key(job) in saved]
     todo = [job for job in jobs if _job_key(job) not in saved]
+    version = code_version()
     if results_file:
         print(f"{len(done)} of the runs already in {results_file}, {len(todo)} to run", flush=True)
+        older = sorted({saved[_job_key(j)].get("code", "unknown") for j in jobs if _job_key(j) in saved} - {version})
+        if older:
+            print(f"note: stored runs come from code {', '.join(older)}, this checkout is {version}", flush=True)
 
     def finished(out: dict) -> None:
         done.append(out)
         if results_file and "error" not in out:
             with results_file.open("a") as f:
-                f.write(json.dumps(_record(out, out["result"])) + "\n")
+                f.write(json.dumps(_record(out, out["result"], version)) + "\n")
 
     if args.workers > 1 and len(todo) > 1:
         import multiprocessing as mp

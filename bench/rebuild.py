@@ -30,7 +30,9 @@ PG = "postgres://postgres@127.0.0.1:5432"
 
 
 def _psql(sql: str) -> None:
-    subprocess.run(["psql", f"{PG}/postgres", "-q", "-c", sql], check=True, capture_output=True)
+    done = subprocess.run(["psql", f"{PG}/postgres", "-q", "-c", sql], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"psql failed on {sql!r}: {done.stderr.strip()}")
 
 
 def _store(gpus: int, hours: float, interval: float) -> float:
@@ -107,8 +109,8 @@ def main(argv=None) -> int:
                 times[name].append(time.perf_counter() - t0)
         dataset._drop_ranges = through_rollups
         spans = through_rollups(ids, end - dataset.MAX_LOAD_DROP_AGE_S, end)
-        same = all(np.allclose([a.previous_drop_s, a.last_drop_s, a.last_utilization],
-                               [b.previous_drop_s, b.last_drop_s, b.last_utilization], equal_nan=True)
+        same = all(np.array_equal([a.previous_drop_s, a.last_drop_s, a.last_utilization],
+                                  [b.previous_drop_s, b.last_drop_s, b.last_utilization], equal_nan=True)
                    for a, b in ((found["raw"][g], found["rollups"][g]) for g in ids))
         with_drops = sum(not np.isnan(s.last_drop_s) for s in found["rollups"].values())
         base = statistics.median(times["raw"])

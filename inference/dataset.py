@@ -20,6 +20,7 @@ checks they agree on the same run.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -554,9 +555,10 @@ def load_drops_before(gpu_ids: Sequence[int], end_s: float) -> dict[int, LoadDro
     start = end_s - MAX_LOAD_DROP_AGE_S
     rows = None
     if connection.vendor == "postgresql":
-        ranges = _drop_ranges(list(drops), start, end_s)
-        if ranges is not None:
-            rows = _drop_rows_in_ranges(ranges)
+        with _one_snapshot():  # rollups, their watermark and the raw rows as of one moment
+            ranges = _drop_ranges(list(drops), start, end_s)
+            if ranges is not None:
+                rows = _drop_rows_in_ranges(ranges)
     if rows is None:
         rows = _drop_rows(list(drops), start, end_s)
     found: dict[int, set[float]] = {g: set() for g in drops}
@@ -597,6 +599,20 @@ def _drop_rows(gpu_ids: list[int], start_s: float, end_s: float) -> list[tuple]:
         return cursor.fetchall()
 
 
+@contextlib.contextmanager
+def _one_snapshot():
+    """A REPEATABLE READ transaction (PostgreSQL) where none is open yet; inside one, its own snapshot rules."""
+    from django.db import connection, transaction
+
+    if connection.in_atomic_block:
+        yield
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        yield
+
+
 def _drop_threshold() -> float:
     """LOAD_DROP_RATIO in the stored utilisation unit (%)."""
     return LOAD_DROP_RATIO / GPU_FEATURE_COLUMNS["gpu_utilization_ratio"][1]
@@ -605,9 +621,10 @@ def _drop_threshold() -> float:
 def _drop_ranges(gpu_ids: list[int], start_s: float, end_s: float) -> list[tuple[int, float, float]] | None:
     """Per GPU, the spans of [start_s, end_s) whose raw readings can hold a drop, merged: each rolled-up minute
     whose utilisation range, or the fall from the previous minute's maximum to its minimum, reaches the drop
-    threshold (from the previous minute on, so the reading before the drop is read too); minutes marked dirty
-    (late samples, not rolled up again yet); and everything from each GPU's last rolled-up minute to
-    ``end_s``. None when the minute rollups do not reach into the span (then read it all raw)."""
+    threshold (from the previous minute on, so the reading before the drop is read too), and everything from
+    each GPU's last rolled-up minute before ``end_s``'s to ``end_s``. None when the minute rollups do not reach
+    into the span, or a minute in it is dirty (late samples not rolled up again yet; the next roll-up clears
+    it): then read it all raw."""
     from django.db import connection
 
     from telemetry.models import DirtyBucket, Resolution, RollupState
@@ -615,8 +632,11 @@ def _drop_ranges(gpu_ids: list[int], start_s: float, end_s: float) -> list[tuple
 
     minute = Resolution.MINUTE.value
     state = RollupState.objects.filter(resolution=minute).first()
-    covered = min(state.done_until.timestamp(), end_s) if state else start_s
-    if covered < start_s + minute:
+    # Only whole minutes before end_s's own: a minute's rollup also holds readings after end_s.
+    covered = min(state.done_until.timestamp(), end_s // minute * minute) if state else start_s
+    first = start_s // minute * minute
+    if covered < start_s + minute or DirtyBucket.objects.filter(
+            resolution=minute, bucket__gte=to_datetime(first), bucket__lt=to_datetime(covered)).exists():
         return None
     column = GPU_FEATURE_COLUMNS["gpu_utilization_ratio"][0]
     sql = (
@@ -631,7 +651,6 @@ def _drop_ranges(gpu_ids: list[int], start_s: float, end_s: float) -> list[tuple
     )
     threshold = _drop_threshold()
     adapt = connection.ops.adapt_datetimefield_value
-    first = start_s // minute * minute
     with connection.cursor() as cursor:
         cursor.execute(sql, [threshold, threshold, gpu_ids, minute, adapt(to_datetime(first)),
                              adapt(to_datetime(covered))])
@@ -643,10 +662,6 @@ def _drop_ranges(gpu_ids: list[int], start_s: float, end_s: float) -> list[tuple
             spans[gpu_id].append((previous_b if previous_b is not None else b, b + minute))
         if last:
             tail_from[gpu_id] = b
-    for b in DirtyBucket.objects.filter(resolution=minute, bucket__gte=to_datetime(first),
-                                        bucket__lt=to_datetime(covered)).values_list("bucket", flat=True):
-        for g in gpu_ids:
-            spans[g].append((b.timestamp() - minute, b.timestamp() + minute))
     out = []
     for g in gpu_ids:
         merged: list[list[float]] = []

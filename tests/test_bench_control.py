@@ -98,6 +98,14 @@ def test_a_results_file_keeps_each_run_and_a_rerun_resumes_from_it(tmp_path, cap
     kept = json.loads(results.read_text().splitlines()[0])
     assert runs["fixed"] == pytest.approx(kept["metrics"])  # the table's fixed row is the stored run's
     assert _table_row(first, "fixed") == _table_row(second, "fixed")
+    assert kept["code"] == bench.code_version() != "unknown"  # each run says which code made it
+    lines = results.read_text().splitlines()
+    results.write_text("\n".join([lines[0], lines[1][:100]]))  # killed while writing trim & respond's run
+    bench.main(["--policy", "fixed", "--policy", "trim_respond", *short])
+    resumed = capsys.readouterr().out
+    assert "runs.jsonl:2: a run record cut short; removed" in resumed and "1 to run" in resumed
+    assert [json.loads(line)["key"] for line in results.read_text().splitlines()] == [
+        json.loads(line)["key"] for line in lines]  # the cut line replaced by the re-run's whole record
     with results.open("a") as f:
         f.write("{not json\n")
     with pytest.raises(SystemExit, match=r"runs.jsonl:3: not a run record"):

@@ -180,7 +180,7 @@ def test_load_drops_found_through_the_rollups_equal_a_full_raw_scan(site, monkey
     from telemetry import rollups
     from telemetry.storage import ensure_partitions
 
-    a, b, c, d = GPU.objects.order_by("pk")[:4]
+    a, b, c, d, e = GPU.objects.order_by("pk")[:5]
     start = (datetime.now(UTC) - timedelta(minutes=40)).timestamp() // 60 * 60
     steady = [95.0] * 12
     samples = [
@@ -195,31 +195,50 @@ def test_load_drops_found_through_the_rollups_equal_a_full_raw_scan(site, monkey
         *_utilisation_samples(c, start, [*[90.0] * 60, *[60.0] * 60, *[30.0] * 60, *[60.0] * 60]),
         # d: nothing rolled up yet (it starts reporting after the rollups' watermark) and drops there.
         *_utilisation_samples(d, start + 37 * 60, [90.0] * 10 + [20.0] * 10),
+        # e: readings 3 s into each 5 s step, so a minute's first reading is not on the minute.
+        *_utilisation_samples(e, start + 3, [50.0] * 460),
     ]
     ensure_partitions({datetime.fromtimestamp(start, UTC).date(), datetime.now(UTC).date()})
     GpuSample.objects.bulk_create(samples)
     end = start + 39 * 60
     rollups.roll_up(now=start + 36 * 60 + rollups.SETTLE_SECONDS)  # minutes up to 36 rolled up, the rest raw
-    # A late sample in a rolled-up minute (the writer marks its bucket dirty): c falls 85 points there.
-    late = start + 15 * 60 + 2.5
-    GpuSample.objects.bulk_create(_utilisation_samples(c, late, [85.0, 0.0]))
-    rollups.mark_dirty(60, [late, late + 5])
+    ids = [a.pk, b.pk, c.pk, d.pk, e.pk]
 
-    ids = [a.pk, b.pk, c.pk, d.pk]
+    def both_ways(at: float):
+        """load_drops_before through the rollups, then reading everything raw; they must agree exactly."""
+        found = dataset.load_drops_before(ids, at)
+        with monkeypatch.context() as m:
+            m.setattr(dataset, "_drop_ranges", lambda *args: None)
+            raw = dataset.load_drops_before(ids, at)
+        for g in ids:
+            assert (found[g].previous_drop_s, found[g].last_drop_s, found[g].last_utilization) == pytest.approx(
+                (raw[g].previous_drop_s, raw[g].last_drop_s, raw[g].last_utilization), rel=0, abs=1e-6,
+                nan_ok=True), (g, at)
+        return found
+
     spans = dataset._drop_ranges(ids, end - dataset.MAX_LOAD_DROP_AGE_S, end)
     stored = [(s.gpu_id, s.time.timestamp()) for s in GpuSample.objects.filter(gpu__in=ids)]
     read = [(g, t) for g, t in stored if any(g == h and lo <= t < hi for h, lo, hi in spans)]
     assert len(read) < 0.4 * len(stored)  # the rollups spared most of the raw readings
-    found = dataset.load_drops_before(ids, end)
-    monkeypatch.setattr(dataset, "_drop_ranges", lambda *args: None)
-    raw = dataset.load_drops_before(ids, end)
-    for g in ids:
-        assert (found[g].previous_drop_s, found[g].last_drop_s, found[g].last_utilization) == pytest.approx(
-            (raw[g].previous_drop_s, raw[g].last_drop_s, raw[g].last_utilization), nan_ok=True), g
+    found = both_ways(end)
     assert (found[a.pk].previous_drop_s, found[a.pk].last_drop_s) == (start + 325, start + 660)
     assert found[b.pk].last_drop_s == start + 5 * 156 and np.isnan(found[b.pk].previous_drop_s)
-    assert found[c.pk].last_drop_s == late + 5 and found[c.pk].last_utilization == pytest.approx(0.6)
+    assert np.isnan(found[c.pk].last_drop_s) and found[c.pk].last_utilization == pytest.approx(0.6)
     assert found[d.pk].last_drop_s == start + 37 * 60 + 50
+    # An end inside a rolled-up minute (a rebuild's is in the past): that minute's rollup holds later readings.
+    both_ways(start + 660 + 1)
+    assert both_ways(start + 20 * 60 + 1)[e.pk].last_utilization == pytest.approx(0.5)
+
+    # A late sample in a rolled-up minute (the writer marks its bucket dirty): c falls 85 points there. Until
+    # the next roll-up the rollups are stale, so the whole span is read raw.
+    late = start + 15 * 60 + 2.5
+    GpuSample.objects.bulk_create(_utilisation_samples(c, late, [85.0, 0.0]))
+    rollups.mark_dirty(60, [late, late + 5])
+    assert dataset._drop_ranges(ids, end - dataset.MAX_LOAD_DROP_AGE_S, end) is None
+    assert both_ways(end)[c.pk].last_drop_s == late + 5
+    rollups.roll_up(now=start + 36 * 60 + rollups.SETTLE_SECONDS)  # recomputes the dirty minute
+    assert dataset._drop_ranges(ids, end - dataset.MAX_LOAD_DROP_AGE_S, end) is not None
+    assert both_ways(end)[c.pk].last_drop_s == late + 5
 
 
 def test_quiet_streams_are_evicted_and_come_back_by_prefill(twin, active_model):
