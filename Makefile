@@ -46,7 +46,7 @@ demo: install
 
 ## test: the whole suite, on real PostgreSQL, Redis, Celery worker (and Chromium for pages)
 test: install-dev llm
-	.ci/services.sh
+	.ci/services.sh --install
 	$(PY) -m pytest
 
 lint: install-dev

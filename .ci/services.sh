@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make sure PostgreSQL and Redis answer on the addresses the tests use (start them if installed but
-# stopped) and that Chromium is there for the page tests. With --install (CI), install what is missing from
-# Debian's packages first.
+# stopped) and that Chromium is there for the page tests. With --install (`make test`, CI), install what is
+# missing from Debian's packages first, where this user can (root with apt-get); otherwise say what to install.
 set -euo pipefail
 
 PGHOST=${PGHOST:-127.0.0.1}; PGPORT=${PGPORT:-5432}
@@ -12,6 +12,10 @@ pg_up() { pg_isready -q -h "$PGHOST" -p "$PGPORT" 2>/dev/null; }
 redis_up() { redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; }
 
 apt_install() {
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "cannot install $* here (needs root and apt-get): install it, then run again" >&2
+    return 0  # the check at the end names what is missing
+  fi
   echo "installing $* from Debian's packages"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
