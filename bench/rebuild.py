@@ -94,21 +94,14 @@ def main(argv=None) -> int:
         print(f"{rows:,} readings of {args.gpus:,} GPUs stored in {stored_s:.0f} s, rolled up in {rolled_s:.0f} s")
 
         ids = list(range(1, args.gpus + 1))
-        through_rollups = dataset._drop_ranges
-
-        def raw(*_):
-            return None
-
         times: dict[str, list[float]] = {"raw": [], "rollups": []}
         found = {}
         for _ in tqdm(range(args.reps), desc="lookups", unit="rep"):
-            for name, ranges in (("raw", raw), ("rollups", through_rollups)):
-                dataset._drop_ranges = ranges
+            for name in ("raw", "rollups"):
                 t0 = time.perf_counter()
-                found[name] = dataset.load_drops_before(ids, end)
+                found[name] = dataset.load_drops_before(ids, end, rollups=name == "rollups")
                 times[name].append(time.perf_counter() - t0)
-        dataset._drop_ranges = through_rollups
-        spans = through_rollups(ids, end - dataset.MAX_LOAD_DROP_AGE_S, end)
+        spans = dataset._drop_ranges(ids, end - dataset.MAX_LOAD_DROP_AGE_S, end)
         same = all(np.array_equal([a.previous_drop_s, a.last_drop_s, a.last_utilization],
                                   [b.previous_drop_s, b.last_drop_s, b.last_utilization], equal_nan=True)
                    for a, b in ((found["raw"][g], found["rollups"][g]) for g in ids))

@@ -539,14 +539,15 @@ def load_gpu_rows(gpu_ids: Sequence[int], start_s: float, end_s: float, *, after
         return np.array(cursor.fetchall(), dtype=float).reshape(-1, 2 + len(ROW_COLUMNS))
 
 
-def load_drops_before(gpu_ids: Sequence[int], end_s: float) -> dict[int, LoadDrops]:
+def load_drops_before(gpu_ids: Sequence[int], end_s: float, *, rollups: bool = True) -> dict[int, LoadDrops]:
     """Each GPU's load-drop state from its last ``MAX_LOAD_DROP_AGE_S`` of readings before ``end_s``, so a
     stream rebuilt from a short history still knows its rhythm.
 
     The database finds the drops (``lag`` over each GPU's valid readings) and returns only those rows and each
     GPU's last reading. On PostgreSQL, where the 1-minute rollups cover the span, only the minutes that could
     hold a drop are read raw (`_drop_ranges`): 2 h of 5 s readings for 4,096 GPUs are 6 M rows, of which a
-    training GPU's checkpoint dips touch a few dozen per GPU (docs/BENCHMARKS.md, "Rebuilding streams")."""
+    training GPU's checkpoint dips touch a few dozen per GPU (docs/BENCHMARKS.md, "Rebuilding streams").
+    ``rollups=False`` reads the whole span raw: the reference the rollup path is checked and benchmarked against."""
     from django.db import connection
 
     drops = {int(g): LoadDrops() for g in gpu_ids}
@@ -554,7 +555,7 @@ def load_drops_before(gpu_ids: Sequence[int], end_s: float) -> dict[int, LoadDro
         return drops
     start = end_s - MAX_LOAD_DROP_AGE_S
     rows = None
-    if connection.vendor == "postgresql":
+    if rollups and connection.vendor == "postgresql":
         with _one_snapshot():  # rollups, their watermark and the raw rows as of one moment
             ranges = _drop_ranges(list(drops), start, end_s)
             if ranges is not None:
