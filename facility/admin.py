@@ -124,13 +124,15 @@ class ApiTokenAdmin(admin.ModelAdmin):
     list_display = ("name", "user", "token_prefix", "created_at", "expires_at", "last_used_at", "revoked_at")
     list_filter = (("revoked_at", admin.EmptyFieldListFilter), "roles")
     search_fields = ("name", "user__username", "token_prefix")
-    readonly_fields = ("user", "name", "roles", "token_prefix", "created_at", "expires_at", "last_used_at")
+    # revoked_at too: a revoked token stays revoked (its user creates a new one).
+    readonly_fields = ("user", "name", "roles", "token_prefix", "created_at", "expires_at", "last_used_at",
+                       "revoked_at")
     actions = ["revoke"]
 
     def has_add_permission(self, request):
         return False
 
-    @admin.action(description="Revoke the selected tokens")
+    @admin.action(description="Revoke the selected tokens", permissions=["change"])
     def revoke(self, request, queryset):
         from django.utils import timezone
 

@@ -53,13 +53,18 @@ class ApiTokensView(LoginRequiredMixin, TemplateView):
 
     def post(self, request):
         if "revoke" in request.POST:
-            updated = request.user.api_tokens.filter(pk=request.POST.get("revoke"), revoked_at__isnull=True).update(
+            revoke = request.POST["revoke"]
+            if not revoke.isdigit():  # a crafted form: an id the database would refuse to compare
+                return self.render_to_response(self.get_context_data(errors=[f"revoke: {revoke!r} is not a token "
+                                                                             "id."]), status=400)
+            updated = request.user.api_tokens.filter(pk=revoke, revoked_at__isnull=True).update(
                 revoked_at=timezone.now()
             )
             messages.success(request, "Token revoked." if updated else "No such active token.")
             return redirect("facility:api-tokens")
         name = request.POST.get("name", "").strip()
-        roles = request.user.groups.filter(pk__in=request.POST.getlist("roles"))
+        role_ids = request.POST.getlist("roles")
+        roles = request.user.groups.filter(pk__in=[r for r in role_ids if r.isdigit()])
         try:
             days = int(request.POST.get("expires_in_days", ""))
         except ValueError:
@@ -67,8 +72,8 @@ class ApiTokensView(LoginRequiredMixin, TemplateView):
         errors = []
         if not name or len(name) > 100:
             errors.append("Give the token a name of at most 100 characters.")
-        if not roles:
-            errors.append("Choose at least one of your roles for the token.")
+        if not roles or len(roles) != len(set(role_ids)):
+            errors.append("Choose at least one of your roles for the token, and only your own.")
         if days not in self.EXPIRY_DAYS:
             errors.append(f"Expiry must be one of {', '.join(map(str, self.EXPIRY_DAYS))} days.")
         if errors:

@@ -23,12 +23,13 @@ class SourceAdmin(admin.ModelAdmin):
         if token:
             messages.warning(request, f"Token for {obj.name} (shown only now): {token}")
 
-    @admin.action(description="Revoke the selected sources' tokens")
+    # Actions with no `permissions` are offered to whoever may view the list: every role.
+    @admin.action(description="Revoke the selected sources' tokens", permissions=["change"])
     def revoke(self, request, queryset):
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         messages.success(request, f"Revoked {count} token(s).")
 
-    @admin.action(description="Issue new tokens (the old ones stop working)")
+    @admin.action(description="Issue new tokens (the old ones stop working)", permissions=["change"])
     def reissue(self, request, queryset):
         for source in queryset:
             token = source.issue_token()

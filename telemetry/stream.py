@@ -5,7 +5,9 @@ Each text frame is one batch, either the JSON batch format of `POST /api/v1/tele
 `{"format": "prometheus", "text": "…"}`; an optional `"id"` is echoed. Every frame gets one reply with the
 same status and body the REST endpoints give (202, 400, 429, 503); a batch is accepted or rejected whole.
 
-Close codes: 4401 missing or invalid token, 1009 frame too large, 1013 buffer unavailable (retry later).
+Close codes: 4401 missing or invalid token (also when the source is revoked or its token reissued while the
+socket is open: the token is checked again every `TOKEN_RECHECK_S`), 1009 frame too large, 1013 buffer
+unavailable (retry later).
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from telemetry.parsers.prometheus import parse_exposition
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TOO_LARGE = 1009
 CLOSE_TRY_AGAIN = 1013
+# How long a revoked or reissued token may keep an open socket ingesting (REST refuses it at once); checking
+# every frame would add a database read to each batch.
+TOKEN_RECHECK_S = 5.0
 
 
 def _token(scope) -> str | None:
@@ -44,12 +49,22 @@ class IngestStreamConsumer(WebsocketConsumer):
     channel_layer_alias = "fusedc-ingest-stream-needs-no-channel-layer"
 
     def connect(self):
-        token = _token(self.scope)
-        self.source = Source.authenticate(token) if token else None
+        self.token = _token(self.scope)
+        self.source = Source.authenticate(self.token) if self.token else None
         if self.source is None:
             self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        self.token_checked_at = time.monotonic()
         self.accept()
+
+    def _token_still_valid(self) -> bool:
+        if time.monotonic() - self.token_checked_at < TOKEN_RECHECK_S:
+            return True
+        source = Source.authenticate(self.token)
+        if source is None:
+            return False
+        self.source, self.token_checked_at = source, time.monotonic()
+        return True
 
     def _allowed(self) -> bool:
         """The source's per-minute budget, shared with its REST requests' limit."""
@@ -61,6 +76,9 @@ class IngestStreamConsumer(WebsocketConsumer):
         return cache.incr(key) <= limit
 
     def receive(self, text_data=None, bytes_data=None):
+        if not self._token_still_valid():
+            self.close(code=CLOSE_UNAUTHENTICATED)  # this frame is not accepted; nothing before it is lost
+            return
         raw = text_data if text_data is not None else (bytes_data or b"").decode("utf-8", errors="replace")
         if len(raw.encode()) > settings.TELEMETRY_MAX_BODY_BYTES:
             self.close(code=CLOSE_TOO_LARGE)

@@ -122,3 +122,45 @@ def test_sign_ins_sign_outs_failures_and_token_use_are_audited(client, make_user
     assert client.delete(f"/api/v1/audit-entries/{entry.pk}/").status_code == 403
     assert client.patch(f"/api/v1/audit-entries/{entry.pk}/", {}, content_type="application/json").status_code == 403
     assert AuditEntry.objects.filter(pk=entry.pk).exists()
+
+
+def test_token_form_refuses_crafted_ids_with_400(client, make_user):
+    viewer = make_user("bob", "viewer")
+    client.force_login(viewer)
+    url = reverse("facility:api-tokens")
+    response = client.post(url, {"revoke": "abc"})
+    assert response.status_code == 400 and "is not a token id" in response.content.decode()
+    response = client.post(url, {"name": "grafana", "roles": ["x"], "expires_in_days": 30})
+    assert response.status_code == 400 and "Choose at least one of your roles" in response.content.decode()
+    assert not ApiToken.objects.exists()
+
+
+def test_admin_token_actions_need_the_change_permission(client, make_user, demo):
+    """Django admin offers an action with no `permissions` to anyone who may see the list, and every role may."""
+    from telemetry.models import Source
+    from tests.telemetry_helpers import make_source
+
+    source, source_token = make_source("dcgm")
+    owner = make_user("olga", "operator")
+    token = _create_token(client, owner, "operator").context["new_token"]
+    stored = ApiToken.objects.get(user=owner)
+
+    client.force_login(make_user("vic", "viewer", "operator", "approver"))
+    for path, action, pk in (("/admin/telemetry/source/", "reissue", source.pk),
+                             ("/admin/telemetry/source/", "revoke", source.pk),
+                             ("/admin/facility/apitoken/", "revoke", stored.pk)):
+        listing = client.get(path)
+        assert listing.status_code == 200 and f'value="{action}"' not in listing.content.decode()
+        client.post(path, {"action": action, "_selected_action": [pk], "index": 0})
+    assert Source.authenticate(source_token) is not None  # neither reissued nor revoked
+    assert _api(client, token).status_code == 200
+
+    client.force_login(make_user("erin", "admin"))  # facility.* : may revoke API tokens
+    assert 'value="revoke"' in client.get("/admin/facility/apitoken/").content.decode()
+    client.post("/admin/facility/apitoken/", {"action": "revoke", "_selected_action": [stored.pk], "index": 0})
+    client.logout()
+    assert _api(client, token).status_code == 401
+    # A revoked token cannot be brought back through its change form.
+    client.force_login(make_user("frank", "admin"))
+    form = client.get(f"/admin/facility/apitoken/{stored.pk}/change/").content.decode()
+    assert 'name="revoked_at' not in form

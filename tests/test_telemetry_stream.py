@@ -5,6 +5,7 @@ import time
 
 import pytest
 from asgiref.sync import async_to_sync
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from config.asgi import application
@@ -80,3 +81,38 @@ def test_bad_frames_get_400_and_the_connection_stays_open(token):
 def test_stream_needs_a_valid_token(token, bad_token):
     connected, code = _session(bad_token, [])
     assert not connected and code == 4401
+
+
+@pytest.mark.parametrize("how", ["revoke", "reissue"])
+def test_an_open_socket_stops_ingesting_once_its_token_is_revoked_or_reissued(token, how, monkeypatch):
+    from telemetry import stream
+    from telemetry.models import Source
+
+    monkeypatch.setattr(stream, "TOKEN_RECHECK_S", 0.0)
+    gpu = demo_gpus(1)[0]
+
+    def frame(value):
+        return json.dumps({"samples": [{"metric": "DCGM_FI_DEV_GPU_TEMP", "uuid": gpu.uuid,
+                                        "timestamp": time.time(), "value": value}]})
+
+    async def go():
+        communicator = WebsocketCommunicator(application, "ws/telemetry/ingest",
+                                             headers=[(b"authorization", f"Bearer {token}".encode())])
+        assert (await communicator.connect())[0]
+        await communicator.send_to(text_data=frame(61.0))
+        accepted = json.loads(await communicator.receive_from(timeout=10))["status"]
+        source = await Source.objects.aget(name="stream-source")
+        if how == "revoke":
+            await database_sync_to_async(source.revoke)()
+        else:
+            source.issue_token()
+            await source.asave()
+        await communicator.send_to(text_data=frame(99.0))
+        closed = await communicator.receive_output(timeout=10)
+        await communicator.wait()
+        return accepted, closed
+
+    accepted, closed = async_to_sync(go)()
+    assert accepted == 202 and closed == {"type": "websocket.close", "code": 4401}
+    writer.drain("test", time_budget_s=30)
+    assert list(GpuSample.objects.values_list("gpu_temp", flat=True)) == [61.0]  # the first frame is kept
