@@ -1,4 +1,5 @@
-"""/healthz: is each part FuseDC needs up? JSON for people and load balancers; 503 when a required part is down."""
+"""/healthz: is each part FuseDC needs up? JSON for people and load balancers; 503 when a required part is down.
+Anonymous callers get each part's ok and nothing more; signed-in users also the details and `?deep=1`."""
 
 import time
 
@@ -68,6 +69,11 @@ def _round_trips():
 @never_cache
 @require_GET
 def healthz(request):
+    # Load balancers ask anonymously and get each part's ok; the details (error texts that may name hosts and
+    # users, worker names) and the deep probe, which makes work for every queue, are for signed-in users.
+    signed_in = request.user.is_authenticated
+    if request.GET.get("deep") and not signed_in:
+        return JsonResponse({"status": "forbidden", "error": "deep=1 needs a signed-in user"}, status=403)
     checks = {"database": _timed(_database)}
     if settings.REDIS_URL:
         checks["redis"] = _timed(_redis)
@@ -78,6 +84,8 @@ def healthz(request):
         checks["redis"] = {"ok": True, "configured": False}
         checks["celery"] = {"ok": True, "mode": "in-process (embedded default)"}
     healthy = all(check["ok"] for check in checks.values())
+    if not signed_in:
+        checks = {name: {"ok": check["ok"]} for name, check in checks.items()}
     body = {"status": "ok" if healthy else "unavailable", "checks": checks}
     response = JsonResponse(body, status=200 if healthy else 503)
     if not healthy:

@@ -153,9 +153,9 @@ class StartPolicyRunForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
-        if data.get("policy"):
+        if data.get("policy") and data.get("interval_seconds") is not None:
             try:
-                runner._instantiate(data["policy"], data.get("params") or {})
+                runner.check_request(data["policy"], data.get("params") or {}, data["interval_seconds"])
             except changes.ControlError as exc:
                 raise forms.ValidationError(exc.message) from None
             if data.get("site") and PolicyRun.objects.filter(site=data["site"], policy=data["policy"],

@@ -122,12 +122,27 @@ def _check_permission(user, verb: str) -> None:
                                    "permission_denied", 403)
 
 
+MAX_INTERVAL_S = 86_400
+
+# Policy keywords a scheduled run may not set: they name a file on the server or an object the server builds
+# (an RL checkpoint outside the stored, checksummed model versions; the LLM backend; the MPC's predictor).
+SERVER_ONLY_PARAMS = {
+    "checkpoint": "name a stored model_version instead (a checkpoint file is for the command line)",
+    "backend": "the LLM backend comes from the server's settings (LLM_BASE_URL, LLM_MODEL)",
+    "predictor": "the predictor is chosen by the server",
+}
+
+
 def _instantiate(name: str, params: dict):
     from control import policies
     from control.policies.rl import PolicyUnavailable
 
     if name not in policies.names():
         raise changes.ControlError(f"no policy {name!r}; registered: {', '.join(policies.names())}", "invalid", 400)
+    refused = sorted(set(params or {}) & set(SERVER_ONLY_PARAMS))
+    if refused:
+        key = refused[0]
+        raise changes.ControlError(f"params.{key} cannot be set for a run: {SERVER_ONLY_PARAMS[key]}", "invalid", 400)
     try:
         policy = policies.create(name, **(params or {}))
     except (TypeError, ValueError) as exc:  # unknown keyword, wrong type, or a value the policy refuses
@@ -140,13 +155,18 @@ def _instantiate(name: str, params: dict):
     return policy
 
 
+def check_request(policy: str, params: dict, interval_seconds: int) -> None:
+    """What every way of starting a run checks before it is stored (API, admin): ControlError if refused."""
+    if not 10 <= interval_seconds <= MAX_INTERVAL_S:
+        raise changes.ControlError(f"interval_seconds must be 10 to {MAX_INTERVAL_S} (a day)", "invalid", 400)
+    _instantiate(policy, params)
+
+
 def start_run(site: Site, policy: str, *, user, interval_seconds: int = 60, params: dict | None = None,
               now: datetime | None = None) -> PolicyRun:
     """Start running `policy` on `site` every `interval_seconds`, proposing as `user`."""
     _check_permission(user, "start")
-    if interval_seconds < 10:
-        raise changes.ControlError("interval_seconds must be at least 10", "invalid", 400)
-    _instantiate(policy, params or {})
+    check_request(policy, params or {}, interval_seconds)
     with transaction.atomic():
         if PolicyRun.objects.select_for_update().filter(site=site, policy=policy, enabled=True).exists():
             raise changes.ControlError(f"{policy} is already running on {site.slug}", "already_running", 409)

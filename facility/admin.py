@@ -1,6 +1,9 @@
-"""Django admin for the inventory: search by the names operators use, filter by hall, kind and cooling type."""
+"""Django admin for the inventory: search by the names operators use, filter by hall, kind and cooling type.
+Also users: admins manage them and their roles, within the roles (see `RoleUserAdmin`)."""
 
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
 
 from facility.models import GPU, ApiToken, CoolingLoop, CoolingUnit, Hall, Node, Rack, Setpoint, Site
 
@@ -138,3 +141,26 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
         count = queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
         self.message_user(request, f"Revoked {count} token(s).")
+
+
+admin.site.unregister(get_user_model())
+
+
+@admin.register(get_user_model())
+class RoleUserAdmin(UserAdmin):
+    """Admins give people roles (groups); only a superuser makes a superuser, grants single permissions outside
+    the roles, or edits or deletes a superuser (else `auth.change_user` would be a way to every permission)."""
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = super().get_readonly_fields(request, obj)
+        return readonly if request.user.is_superuser else (*readonly, "is_superuser", "user_permissions")
+
+    def has_change_permission(self, request, obj=None):
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and obj.is_superuser and not request.user.is_superuser:
+            return False
+        return super().has_delete_permission(request, obj)

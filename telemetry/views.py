@@ -30,6 +30,7 @@ from django.views.generic import TemplateView
 from facility.mixins import RoleRequiredMixin
 from facility.models import GPU, CoolingUnit, Node, Rack, Site
 from telemetry import live, query
+from telemetry.api.views import error_body
 from telemetry.catalogue import get as metric_info
 from telemetry.models import Series
 from telemetry.schema import GPU_COLUMNS, METRIC_OF_COLUMN
@@ -78,18 +79,39 @@ def _site(request) -> Site:
     return site
 
 
+class BadQuery(ValueError):
+    """A query parameter a data endpoint cannot use; `QueryErrorsAre400` answers it with HTTP 400 naming it."""
+
+    def __init__(self, item: str, reason: str):
+        super().__init__(f"{item}: {reason}")
+        self.item, self.reason = item, reason
+
+
+class QueryErrorsAre400:
+    """For the JSON and CSV endpoints (after the role check): a `BadQuery` becomes the API's 400 body."""
+
+    def dispatch(self, request, *args, **kwargs):
+        try:
+            return super().dispatch(request, *args, **kwargs)
+        except BadQuery as exc:
+            return JsonResponse(error_body("invalid_query", "the query parameters are not valid",
+                                           [{"item": exc.item, "reason": exc.reason}]), status=400)
+
+
 def _window(request) -> tuple[float, float, str]:
     """The time range asked for: `range` (live, 15m, 1h, 24h) or `start`/`end` in epoch seconds."""
     name = request.GET.get("range") or ("custom" if "start" in request.GET else "live")
     now = time.time()
     if name in RANGES:
         return now - RANGES[name], now, name
+    if "start" not in request.GET:
+        raise BadQuery("range", f"must be one of {', '.join(RANGES)}, or give start and end in epoch seconds")
     try:
         start, end = float(request.GET["start"]), float(request.GET.get("end") or now)
-    except (KeyError, ValueError):
-        raise Http404("range must be live, 15m, 1h, 24h, or start and end in epoch seconds") from None
+    except ValueError:
+        raise BadQuery("start", "start and end must be epoch seconds") from None
     if not (0 < start < end) or end - start > MAX_SPAN_SECONDS:
-        raise Http404("start must be before end, at most 31 days apart")
+        raise BadQuery("start", "start must be before end, at most 31 days apart")
     return start, end, "custom"
 
 
@@ -154,7 +176,7 @@ class LiveOverviewView(TelemetryPage):
         ))
 
 
-class KpiHistoryView(RoleRequiredMixin, View):
+class KpiHistoryView(QueryErrorsAre400, RoleRequiredMixin, View):
     """Facility KPIs per hall and total over a window, one value per bucket (same definitions as live)."""
 
     permission_required = PERMISSION
@@ -165,7 +187,7 @@ class KpiHistoryView(RoleRequiredMixin, View):
         try:
             max_points = max(2, min(int(request.GET.get("max_points") or 300), MAX_POINTS))
         except ValueError:
-            raise Http404("max_points must be an integer") from None
+            raise BadQuery("max_points", "must be an integer") from None
         if name == "custom":
             return JsonResponse(kpi_history(site, start, end, max_points))
         # Named ranges: every open page asks for the same window; compute it once per bucket width.
@@ -264,7 +286,7 @@ def setpoint_charts(site: Site) -> list[dict]:
     }]
 
 
-class LoopDataView(RoleRequiredMixin, View):
+class LoopDataView(QueryErrorsAre400, RoleRequiredMixin, View):
     permission_required = PERMISSION
 
     def get(self, request):
@@ -313,7 +335,7 @@ def _per_gpu_charts(gpus: list[GPU], label) -> list[dict]:
     return charts
 
 
-class DetailPage(TelemetryPage):
+class DetailPage(QueryErrorsAre400, TelemetryPage):
     """A detail page: a title, facts, a list of charts (spec below), a time-range picker and CSV export.
 
     Chart spec: {"id", "title", "unit", "threshold"?, "traces": [{"name", "gpu": uuid, "column"} |

@@ -164,3 +164,26 @@ def test_admin_token_actions_need_the_change_permission(client, make_user, demo)
     client.force_login(make_user("frank", "admin"))
     form = client.get(f"/admin/facility/apitoken/{stored.pk}/change/").content.decode()
     assert 'name="revoked_at' not in form
+
+
+def test_an_admin_manages_roles_but_cannot_make_a_superuser(client, make_user, django_user_model):
+    from django.contrib.auth.models import Group, Permission
+
+    admin_user = make_user("erin", "admin")
+    root = django_user_model.objects.create_superuser("root", password="x-" + "y" * 20)
+    client.force_login(admin_user)
+    url = f"/admin/auth/user/{admin_user.pk}/change/"
+    form = client.get(url).content.decode()
+    assert 'name="is_superuser"' not in form and 'name="user_permissions"' not in form and 'name="groups"' in form
+    approve = Permission.objects.get(codename="approve_setpointchange")
+    client.post(url, {"username": "erin", "is_active": "on", "is_staff": "on", "is_superuser": "on",
+                      "groups": [Group.objects.get(name="admin").pk], "user_permissions": [approve.pk],
+                      "date_joined_0": "2026-01-01", "date_joined_1": "00:00:00"})
+    admin_user.refresh_from_db()
+    assert not admin_user.is_superuser and not admin_user.user_permissions.exists()
+    # A superuser's account (and password) is out of an admin's reach.
+    shown = client.get(f"/admin/auth/user/{root.pk}/change/")  # read-only: admins have auth.view_user
+    assert shown.status_code == 200 and 'name="username"' not in shown.content.decode()
+    assert client.get(f"/admin/auth/user/{root.pk}/password/").status_code == 403
+    assert client.post(f"/admin/auth/user/{root.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert django_user_model.objects.filter(pk=root.pk, is_superuser=True).exists()

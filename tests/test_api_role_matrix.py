@@ -84,3 +84,18 @@ def test_writes_by_role(resource, client, make_user, demo):
         allowed = Group.objects.get(name=role).permissions.filter(codename=f"change_{model}").exists()
         status = client.patch(path, {}, content_type="application/json").status_code
         assert (200 <= status < 300) if allowed else status == 403, (role, status)
+
+
+def test_inventory_writes_the_database_would_refuse_get_400_or_409(client, make_user, demo):
+    from facility.models import CoolingLoop, Setpoint
+
+    client.force_login(make_user("ada", "admin"))
+    setpoint = Setpoint.objects.first()
+    for field, value in (("max_step", 0), ("max_rate_per_minute", -1)):
+        r = client.patch(f"/api/v1/setpoints/{setpoint.pk}/", {field: value}, content_type="application/json")
+        assert r.status_code == 400 and r.json()["errors"][0]["item"] == field, r.json()
+    loop = CoolingLoop.objects.filter(supplied_by__isnull=False).first()
+    r = client.delete(f"/api/v1/cooling-loops/{loop.pk}/")
+    assert r.status_code == 409 and r.json()["code"] == "conflict", r.json()
+    assert "still referenced by" in r.json()["message"] and "cooling unit" in r.json()["message"]
+    assert CoolingLoop.objects.filter(pk=loop.pk).exists()

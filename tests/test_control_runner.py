@@ -122,6 +122,15 @@ def test_policy_runs_api(role_client, make_user):
     short = client.post("/api/v1/policy-runs/", {"site": "ra", "policy": "pid", "interval_seconds": 1},
                         content_type="application/json")
     assert short.status_code == 400 and short.json()["errors"][0]["item"] == "interval_seconds"
+    long = client.post("/api/v1/policy-runs/", {"site": "ra", "policy": "pid", "interval_seconds": 3_000_000_000},
+                       content_type="application/json")
+    assert long.status_code == 400 and long.json()["errors"][0]["item"] == "interval_seconds"
+    # A file on the server or an object it builds is not a run's to name (only stored, checksummed versions).
+    for policy, params in (("rl", {"checkpoint": "/etc/passwd"}), ("llm", {"backend": "http://10.0.0.1/"}),
+                           ("mpc", {"predictor": "twin"})):
+        refused = client.post("/api/v1/policy-runs/", {"site": "ra", "policy": policy, "params": params},
+                              content_type="application/json")
+        assert refused.status_code == 400 and f"params.{next(iter(params))} cannot be set" in refused.json()["message"]
     floor = client.post("/api/v1/policy-runs/", {"site": "ra", "policy": "mpc", "params": {"min_throughput": 1.5}},
                         content_type="application/json")
     assert floor.status_code == 400 and "min_throughput" in floor.json()["message"], floor.json()
@@ -138,3 +147,15 @@ def test_policy_runs_api(role_client, make_user):
     assert client.post(f"/api/v1/policy-runs/{body['id']}/stop/").json()["code"] == "invalid_state"
     assert client.post("/api/v1/policy-runs/999999/stop/").status_code == 404
     assert plant.site.policy_runs.count() == 1
+
+
+def test_admin_start_form_makes_the_same_checks(client, make_user):
+    plant = _plant("rb")
+    client.force_login(make_user("olga", "operator"))
+    refused = (({"policy": "rl", "params": '{"checkpoint": "/etc/passwd"}'}, "params.checkpoint cannot be set"),
+               ({"policy": "pid", "interval_seconds": 100_000}, "interval_seconds must be 10 to 86400"))
+    for fields, why in refused:
+        form = {"site": plant.site.pk, "interval_seconds": 60, "params": "{}", **fields}
+        r = client.post("/admin/control/policyrun/add/", form)
+        assert r.status_code == 200 and why in r.content.decode(), r.content.decode()[:2000]
+    assert not plant.site.policy_runs.exists()

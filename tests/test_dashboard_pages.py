@@ -89,7 +89,16 @@ def test_unknown_objects_are_404(demo, role_client):
     assert client.get(reverse("telemetry:gpu", args=["GPU-nope"])).status_code == 404
     assert client.get(reverse("telemetry:rack", args=[999999])).status_code == 404
     assert client.get(reverse("telemetry:live") + "?site=nowhere").status_code == 404
-    assert client.get(reverse("telemetry:gpu", args=[GPU.objects.first().uuid]) + "data?range=bogus").status_code == 404
+
+
+def test_bad_window_parameters_are_400_naming_the_parameter(demo, role_client):
+    client = role_client("viewer")
+    gpu = reverse("telemetry:gpu", args=[GPU.objects.first().uuid])
+    for url, item in ((gpu + "data?range=bogus", "range"), (gpu + "export.csv?start=x", "start"),
+                      (reverse("telemetry:loop-data") + "?start=20&end=10", "start"),
+                      (reverse("telemetry:kpi-history") + "?range=1h&max_points=many", "max_points")):
+        response = client.get(url)
+        assert response.status_code == 400 and response.json()["errors"][0]["item"] == item, (url, response.content)
 
 
 def test_plotly_is_served_from_the_installed_package(demo, role_client):

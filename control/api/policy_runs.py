@@ -44,10 +44,10 @@ class PolicyRunSerializer(serializers.ModelSerializer):
 class StartPolicyRunSerializer(serializers.Serializer):
     site = serializers.SlugRelatedField(slug_field="slug", queryset=Site.objects.all())
     policy = serializers.CharField(max_length=64, help_text="A registered policy: fixed, trim_respond, pid, rl…")
-    interval_seconds = serializers.IntegerField(min_value=10, default=60,
+    interval_seconds = serializers.IntegerField(min_value=10, max_value=runner.MAX_INTERVAL_S, default=60,
                                                 help_text="Seconds between decisions (the policy's own: 60 s).")
     params = serializers.DictField(required=False, default=dict,
-                                   help_text="Keyword arguments for the policy (rl: model_version or checkpoint).")
+                                   help_text="Keyword arguments for the policy (rl: model_version).")
 
 
 class ViewPolicyRunPermission(BasePermission):

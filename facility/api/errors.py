@@ -4,7 +4,10 @@
 `errors` names each problem's field or item path (`samples[3].value`, `start`) where there is one.
 """
 
+from collections import Counter
+
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db.models import ProtectedError, RestrictedError
 from django.http import Http404, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions
@@ -26,8 +29,22 @@ def _flatten(data, prefix: str = ""):
         yield {"item": prefix or "(request)", "reason": str(data)}
 
 
+class Conflict(exceptions.APIException):
+    status_code = 409
+    default_code = "conflict"
+
+
+def _protected(exc: ProtectedError | RestrictedError) -> Conflict:
+    """A delete that other records still depend on (on_delete=PROTECT): 409 naming what depends on it."""
+    objects = exc.protected_objects if isinstance(exc, ProtectedError) else exc.restricted_objects
+    counts = Counter(str(obj._meta.verbose_name_plural) for obj in objects)
+    return Conflict(f"cannot delete: still referenced by {', '.join(f'{n} {what}' for what, n in counts.items())}")
+
+
 def api_exception_handler(exc, context):
-    if isinstance(exc, Http404):
+    if isinstance(exc, ProtectedError | RestrictedError):
+        exc = _protected(exc)
+    elif isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()

@@ -55,6 +55,16 @@ class SetpointSerializer(serializers.ModelSerializer):
         # The value is the plant's read-back: it changes through setpoint changes, never by a direct write.
         read_only_fields = ("value",)
 
+    def validate_max_step(self, value):
+        if not value > 0:
+            raise serializers.ValidationError("Must be above 0 (a step of 0 would allow no change at all).")
+        return value
+
+    def validate_max_rate_per_minute(self, value):
+        if value is not None and not value > 0:
+            raise serializers.ValidationError("Must be above 0, or empty for no rate limit.")
+        return value
+
     def validate(self, attrs):
         lo = attrs.get("allowable_min", getattr(self.instance, "allowable_min", None))
         hi = attrs.get("allowable_max", getattr(self.instance, "allowable_max", None))
