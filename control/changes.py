@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from control import envelope
@@ -165,9 +166,10 @@ def pause_controllers(site: Site, reason: str, *, now: datetime | None = None, a
             pause.save()
             audit(AuditAction.PAUSED, actor=actor, site=site, message=reason, at=now)
         expired = 0
+        # Rollbacks stay: a return to the last approved value is what a paused site needs most.
         for change_id in SetpointChange.objects.filter(
             setpoint__cooling_unit__site=site, state__in=(ChangeState.PENDING, ChangeState.APPROVED)
-        ).values_list("pk", flat=True):
+        ).exclude(origin=ChangeOrigin.ROLLBACK).values_list("pk", flat=True):
             change = _lock(change_id)
             if change.state in (ChangeState.PENDING, ChangeState.APPROVED):
                 _transition(change, ChangeState.EXPIRED, now=now, reason=f"stale: {reason}")
@@ -275,15 +277,16 @@ def propose(setpoint: Setpoint, value, *, user, unit: str | None = None, policy:
 
 
 def _maybe_autonomous(change: SetpointChange, *, now: datetime) -> None:
-    setting = AutonomySetting.objects.filter(setpoint=change.setpoint, autonomous=True).first()
+    # Locked, so two policy runs proposing for one point at once cannot both take its last change of the day.
+    setting = AutonomySetting.objects.select_for_update().filter(setpoint=change.setpoint, autonomous=True).first()
     if setting is None:
         return
     used = SetpointChange.objects.filter(setpoint=change.setpoint, autonomous=True,
                                          created_at__gte=now - timedelta(days=1)).count()
     if used >= setting.daily_change_budget:
-        audit(AuditAction.APPROVED, actor_label="autonomous mode", change=change, at=now,
+        audit(AuditAction.AUTONOMY_BUDGET, actor_label="autonomous mode", change=change, at=now,
               message=f"daily budget of {setting.daily_change_budget} autonomous changes used up: "
-                      "left Pending for an approver", data={"approved": False})
+                      "left Pending for an approver")
         return
     _transition(change, ChangeState.APPROVED, now=now)
     change.autonomous, change.decided_at, change.apply_after = True, now, now
@@ -306,6 +309,8 @@ def propose_from_policy(site: Site, proposal, *, policy: str, run_by, forecast_h
     rationale = proposal.rationale
     if getattr(proposal, "clipped", None):
         rationale += f" (policy clipped its request {proposal.requested:g}: {', '.join(proposal.clipped)})"
+    if forecast_hottest_gpu_c is None:  # the policy's own prediction of the hottest GPU, where it makes one
+        forecast_hottest_gpu_c = _predicted_hottest(proposal.predicted_effect)
     return propose(setpoint, proposal.value, user=run_by, policy=policy, rationale=rationale,
                    predicted_effect=proposal.predicted_effect, forecast_hottest_gpu_c=forecast_hottest_gpu_c,
                    now=now)
@@ -395,30 +400,54 @@ def apply_change(change_id: int, *, actuator: Actuator | None = None, now: datet
         change = _lock(change_id)
         if change.state != ChangeState.APPROVED:
             return {"change": change_id, "status": "skipped", "state": change.state}
+        # One claim per site at a time: the coil interlock couples points of different units (a CRAH's supply
+        # air, its chiller's water), so each claim must see the other's Applying target (envelope._coil_bounds).
+        site_id = Setpoint.objects.filter(pk=change.setpoint_id).values_list("cooling_unit__site_id", flat=True).get()
+        Site.objects.select_for_update().only("pk").get(pk=site_id)
         setpoint = Setpoint.objects.select_for_update(of=("self",)).select_related("cooling_unit__site").get(
             pk=change.setpoint_id)
         at = clock()
+        limit = (change.decided_at or at) + timedelta(seconds=settings.CONTROL_APPLY_MAX_WAIT_SECONDS)
+        if at > limit:  # e.g. the broker was down for hours: a decision that old is not acted on
+            return _fail(change, f"approved at {change.decided_at:%Y-%m-%d %H:%M:%S}, too long ago to apply "
+                                 f"(limit {settings.CONTROL_APPLY_MAX_WAIT_SECONDS} s)", now=at)
         if SetpointChange.objects.filter(setpoint=setpoint, state=ChangeState.APPLYING).exclude(pk=change.pk).exists():
             return _wait(change, 5, "another change of this point is being applied", now=at)
+        actuator = actuator or for_setpoint(setpoint)
+        # Read before write, under the locks: the envelope judges step and direction from what the plant holds
+        # now (a failed read-back or a local override leaves the stored value behind), and the watch and a
+        # rollback start from it.
+        try:
+            held = float(actuator.read(setpoint))
+        except Exception as exc:  # ActuatorError, or an actuator bug: nothing has been written
+            return _fail(change, f"could not read {setpoint} from the plant before writing: {exc}", now=at)
+        drift = {}
+        if math.isfinite(held) and abs(held - setpoint.value) > actuator.tolerance(setpoint):
+            drift["stored_value"] = setpoint.value
+            Setpoint.objects.filter(pk=setpoint.pk).update(value=held, updated_at=at)
+            setpoint.value = held
+        if math.isfinite(held) and abs(held - change.from_value) > actuator.tolerance(setpoint):
+            drift["from_value_proposed"], change.from_value = change.from_value, held
         rollback_mode = change.origin == ChangeOrigin.ROLLBACK
-        verdict = envelope.check(setpoint, change.to_value, now=at, at_apply=True, rollback=rollback_mode)
+        verdict = envelope.check(setpoint, change.to_value, now=at, at_apply=True, rollback=rollback_mode,
+                                 forecast_hottest_gpu_c=None if rollback_mode else
+                                 _predicted_hottest(change.predicted_effect))
         if verdict.refused and verdict.wait_seconds and all(r.kind == "wait" for r in verdict.reasons):
+            if drift:
+                change.save(update_fields=["from_value", "updated_at"])
             return _wait(change, verdict.wait_seconds, verdict.message, now=at)
         if not verdict.allowed or abs(verdict.value - change.to_value) > 1e-9:
-            _transition(change, ChangeState.FAILED, now=at, reason=f"envelope at application: {verdict.message}")
-            change.finished_at, change.envelope_verdict = at, verdict.as_dict()
-            change.save()
-            audit(AuditAction.FAILED, change=change, message=change.state_reason, at=at,
-                  data={"verdict": verdict.as_dict()})
+            change.envelope_verdict = verdict.as_dict()
             if "stale_telemetry" in verdict.codes:
                 transaction.on_commit(lambda: pause_controllers(setpoint.cooling_unit.site, verdict.message))
-            return {"change": change_id, "status": "failed", "reason": change.state_reason}
+            return _fail(change, f"envelope at application: {verdict.message}", now=at,
+                         data={"verdict": verdict.as_dict(), **drift})
         _transition(change, ChangeState.APPLYING, now=at)
         change.written_at, change.envelope_verdict = at, verdict.as_dict()
         change.save()
-        audit(AuditAction.APPLYING, change=change, at=at, data={"to": change.to_value, "verdict": verdict.as_dict()})
-    # The Applying state is committed: our claim. Only now touch the plant, outside any lock.
-    actuator = actuator or for_setpoint(setpoint)
+        audit(AuditAction.APPLYING, change=change, at=at,
+              data={"from": change.from_value, "to": change.to_value, "verdict": verdict.as_dict(), **drift})
+    # The Applying state is committed: our claim. Only now write to the plant, outside any lock.
     try:
         result = actuator.apply(setpoint, change.to_value)
     except ActuatorError as exc:
@@ -429,15 +458,20 @@ def apply_change(change_id: int, *, actuator: Actuator | None = None, now: datet
     return _finish(change_id, result, actuator=actuator, now=clock())
 
 
+def _fail(change: SetpointChange, reason: str, *, now: datetime, data: dict | None = None) -> dict:
+    """End an Approved change as Failed without touching the plant (the caller holds its row lock)."""
+    _transition(change, ChangeState.FAILED, now=now, reason=reason)
+    change.finished_at = now
+    change.save()
+    audit(AuditAction.FAILED, change=change, message=reason, at=now, data=data)
+    return {"change": change.pk, "status": "failed", "reason": reason}
+
+
 def _wait(change: SetpointChange, seconds: float, why: str, *, now: datetime) -> dict:
     limit = (change.decided_at or now) + timedelta(seconds=settings.CONTROL_APPLY_MAX_WAIT_SECONDS)
     ready = now + timedelta(seconds=seconds)
     if ready > limit:
-        _transition(change, ChangeState.FAILED, now=now, reason=f"cannot be applied before {limit:%H:%M:%S}: {why}")
-        change.finished_at = now
-        change.save()
-        audit(AuditAction.FAILED, change=change, message=change.state_reason, at=now)
-        return {"change": change.pk, "status": "failed", "reason": change.state_reason}
+        return _fail(change, f"cannot be applied before {limit:%H:%M:%S}: {why}", now=now)
     change.apply_after = ready
     change.save(update_fields=["apply_after", "updated_at"])
     _enqueue_apply(change.pk, countdown=seconds)
@@ -503,7 +537,7 @@ def expire_changes(*, now: datetime | None = None, actuator: Actuator | None = N
             ok = abs(readback - change.to_value) <= act.tolerance(change.setpoint)
             result = ApplyResult(ok, readback, "" if ok else
                                  f"interrupted while applying; the plant reads back {readback:g}")
-        except ActuatorError as exc:
+        except Exception as exc:  # the plant or its link is down (or an actuator bug): end it, go on to the next
             result = ApplyResult(False, None, f"interrupted while applying; read-back failed: {exc}")
         _finish(change.pk, result, actuator=act, now=now)
         out["reconciled"] += 1
@@ -539,8 +573,13 @@ def rollback(change: SetpointChange, reason: str, *, now: datetime | None = None
     return back
 
 
+# Keys of a predicted effect that forecast the hottest GPU: the API's, and the MPC's and LLM's (over their
+# horizon). A baseline's `gpu_temperature_max_c` is the reading it acted on, not a forecast.
+PREDICTED_HOTTEST_KEYS = ("hottest_gpu_c", "max_gpu_temperature_c")
+
+
 def _predicted_hottest(effect: dict) -> float | None:
-    for key in ("hottest_gpu_c", "gpu_temperature_max_c", "hottest_gpu_temperature_c"):
+    for key in PREDICTED_HOTTEST_KEYS:
         value = envelope._as_float(effect.get(key)) if isinstance(effect, dict) else None
         if value is not None and math.isfinite(value):
             return value
@@ -553,8 +592,12 @@ def watch_changes(*, now: datetime | None = None) -> dict:
     limit_c = settings.CONTROL_THERMAL_LIMIT_C
     max_age = settings.CONTROL_TELEMETRY_MAX_AGE_SECONDS
     out = {"watched": 0, "breaches": 0, "rollbacks": 0, "done": 0}
-    for change in SetpointChange.objects.filter(state=ChangeState.APPLIED, watch_outcome="",
-                                                watch_until__isnull=False).select_related("setpoint__cooling_unit"):
+    # Watched: each applied change until its window ends; and within it, a breach whose rollback the envelope
+    # refused or that failed or expired, so the rollback is tried again while the breach lasts.
+    no_rollback_under_way = ~Q(rollbacks__state__in=(*OPEN_STATES, ChangeState.APPLIED))
+    watched = SetpointChange.objects.filter(state=ChangeState.APPLIED, watch_until__isnull=False).filter(
+        Q(watch_outcome="") | (Q(watch_outcome="breach", watch_until__gte=now) & no_rollback_under_way))
+    for change in watched.distinct().select_related("setpoint__cooling_unit"):
         unit = change.setpoint.cooling_unit
         latest = envelope.read_gpu_temperatures(unit.site_id, envelope.fed_gpu_ids(unit), now.timestamp() - max_age)
         temps = [t for _, t in latest.values() if t is not None and math.isfinite(t)]
@@ -569,12 +612,18 @@ def watch_changes(*, now: datetime | None = None) -> dict:
             "gpus_at_limit": sum(t >= limit_c for t in temps), "thermal_limit_c": limit_c,
         }
         out["watched"] += 1
-        if hottest is not None and hottest >= limit_c:
-            # Only a change that took cooling away is undone; undoing a rollback or added cooling makes it worse.
-            moved = change.to_value - change.from_value
-            direction = envelope.cooling_direction(change.setpoint)
-            undo = (change.origin != ChangeOrigin.ROLLBACK and direction != 0
-                    and (moved > 0) == (direction > 0) and abs(moved) > 1e-9)
+        breached = hottest is not None and hottest >= limit_c
+        # Only a change that took cooling away is undone; undoing a rollback or added cooling makes it worse.
+        moved = change.to_value - change.from_value
+        direction = envelope.cooling_direction(change.setpoint)
+        undo = (change.origin != ChangeOrigin.ROLLBACK and direction != 0
+                and (moved > 0) == (direction > 0) and abs(moved) > 1e-9)
+        if change.watch_outcome == "breach":  # an earlier breach with no rollback under way
+            if breached and undo and rollback(change, f"thermal limit still breached after change #{change.pk}: "
+                                                      f"GPU at {hottest:.1f} °C (rollback retried)", now=now):
+                out["rollbacks"] += 1
+            continue
+        if breached:
             with transaction.atomic():
                 locked = _lock(change.pk)
                 if locked.state != ChangeState.APPLIED or locked.watch_outcome:

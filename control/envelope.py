@@ -279,6 +279,16 @@ def read_gpu_temperatures(site_id: int, gpu_ids: list[int], since: float) -> dic
         return {gpu_id: (_epoch(ts), temp) for gpu_id, ts, temp in cursor.fetchall()}
 
 
+def _coupled_values(points) -> list[float]:
+    """The values the coupled points may hold: each one's stored value and, where a change to it is being
+    applied, that change's target too (its write may have landed before its read-back is stored)."""
+    from control.models import ChangeState, SetpointChange
+
+    stored = dict(points.values_list("pk", "value"))
+    applying = SetpointChange.objects.filter(setpoint_id__in=list(stored), state=ChangeState.APPLYING)
+    return [*stored.values(), *applying.values_list("to_value", flat=True)]
+
+
 def _coil_bounds(setpoint) -> tuple[float | None, float | None]:
     """(min, max) the coil interlock puts on a CRAH supply-air or chiller chilled-water setpoint."""
     from facility.models import Setpoint
@@ -286,16 +296,16 @@ def _coil_bounds(setpoint) -> tuple[float | None, float | None]:
     unit = setpoint.cooling_unit
     approach = settings.CONTROL_COIL_APPROACH_K
     if unit.kind == "crah" and setpoint.name.startswith("supply_air_temperature") and unit.return_loop_id:
-        chw = Setpoint.objects.filter(
+        chw = _coupled_values(Setpoint.objects.filter(
             cooling_unit__supply_loop_id=unit.return_loop_id, cooling_unit__kind="chiller",
             name__startswith="chilled_water_supply_temperature",
-        ).values_list("value", flat=True)
+        ))
         return (max(chw) + approach if chw else None), None
     if unit.kind == "chiller" and setpoint.name.startswith("chilled_water_supply_temperature") and unit.supply_loop_id:
-        sat = Setpoint.objects.filter(
+        sat = _coupled_values(Setpoint.objects.filter(
             cooling_unit__return_loop_id=unit.supply_loop_id, cooling_unit__kind="crah",
             name__startswith="supply_air_temperature",
-        ).values_list("value", flat=True)
+        ))
         return None, (min(sat) - approach if sat else None)
     return None, None
 

@@ -140,6 +140,7 @@ class AuditAction(models.TextChoices):
     WATCH = "watch", "Watch window result"
     ENVELOPE_CHANGED = "envelope_changed", "Envelope changed"
     AUTONOMY_CHANGED = "autonomy_changed", "Autonomy changed"
+    AUTONOMY_BUDGET = "autonomy_budget", "Autonomous budget used up"
     PAUSED = "paused", "Controllers paused"
     RESUMED = "resumed", "Controllers resumed"
     LOGIN = "login", "Signed in"

@@ -30,6 +30,7 @@ def test_apply_on_the_worker_is_idempotent(celery_worker, make_user):
         for register, setpoint in ((10, plant.crah_sat), (20, plant.cdu_supply)):
             ModbusPoint.objects.create(setpoint=setpoint, host="127.0.0.1", port=device.port, register=register,
                                        timeout_seconds=2)
+            device.hold(setpoint)  # the plant holds the stored value (apply reads it before writing)
 
         first = changes.propose(plant.crah_sat, 18.5, user=operator, rationale="worker test")
         changes.approve(first.pk, approver, "go")  # enqueues apply on commit (autocommit: now)
@@ -76,7 +77,8 @@ def test_worker_killed_while_applying_writes_once_and_is_reconciled(django_db_se
     operator, approver = make_user("kill-operator", "operator"), make_user("kill-approver", "approver")
     with ModbusServer(slow_seconds=4) as device:
         ModbusPoint.objects.create(setpoint=plant.crah_sat, host="127.0.0.1", port=device.port, unit_id=2,
-                                   register=10, timeout_seconds=8)  # device 2 answers after 4 s
+                                   register=10, timeout_seconds=8)  # device 2 answers a write after 4 s
+        device.hold(plant.crah_sat)
         change = changes.propose(plant.crah_sat, 18.5, user=operator, rationale="killed mid-write")
         env = _worker_env(connection.settings_dict["NAME"])
         env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # no broker: only this process applies the change
@@ -127,6 +129,7 @@ def test_approval_while_the_broker_is_down_is_applied_once_it_is_back(celery_wor
     with ModbusServer() as device:
         ModbusPoint.objects.create(setpoint=plant.crah_sat, host="127.0.0.1", port=device.port, register=10,
                                    timeout_seconds=2)
+        device.hold(plant.crah_sat)
         change = changes.propose(plant.crah_sat, 18.5, user=operator, rationale="broker down")
         env = _worker_env(connection.settings_dict["NAME"])
         env["REDIS_URL"] = "redis://127.0.0.1:1/0"  # nothing listens there: the broker is down for this process

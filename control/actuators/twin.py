@@ -87,7 +87,12 @@ class TwinActuator(Actuator):
         if source is not None:
             reply = _execute(source, command)
         elif settings.REDIS_URL:
-            reply = self._remote(unit.site.slug, command)
+            import redis
+
+            try:
+                reply = self._remote(unit.site.slug, command)
+            except redis.RedisError as exc:  # the link to the twin is down: the plant cannot be reached
+                raise ActuatorError(f"cannot reach the twin of site {unit.site.slug!r}: {exc}") from exc
         else:
             raise ActuatorError(f"no twin is running for site {unit.site.slug!r} in this process")
         if not reply.get("ok"):

@@ -97,8 +97,9 @@ def free_port() -> int:
 
 
 class ModbusServer:
-    """pymodbus's own TCP server on 127.0.0.1 in a thread. Devices: 1 normal, 2 never answers in time
-    (sleeps `slow_seconds`), 3 clamps every written value to `clamp_raw`. Counts writes per device."""
+    """pymodbus's own TCP server on 127.0.0.1 in a thread. Devices: 1 normal, 2 never answers a write in time
+    (sleeps `slow_seconds`), 3 clamps every written value to `clamp_raw`. Counts writes per device; `hold`
+    presets what a register holds, as a plant does before FuseDC first writes."""
 
     def __init__(self, *, slow_seconds: float = 3.0, clamp_raw: int = 200):
         from pymodbus.simulator import DataType, SimData, SimDevice
@@ -106,9 +107,12 @@ class ModbusServer:
         self.port = free_port()
         self.writes: dict[int, list[tuple[int, list[int]]]] = {1: [], 2: [], 3: []}
         self.slow_seconds, self.clamp_raw = slow_seconds, clamp_raw
+        self.presetting = False
 
         def device(dev_id, hook):
             async def action(function_code, start_address, address, count, current_registers, set_values):
+                if self.presetting:
+                    return None
                 if set_values is not None:
                     self.writes[dev_id].append((address, list(set_values)))
                 return await hook(set_values)
@@ -120,7 +124,8 @@ class ModbusServer:
             return None
 
         async def slow(set_values):
-            await asyncio.sleep(self.slow_seconds)
+            if set_values is not None:
+                await asyncio.sleep(self.slow_seconds)
 
         async def clamp(set_values):
             if set_values is not None:
@@ -130,6 +135,17 @@ class ModbusServer:
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, daemon=True, name="modbus-test-server")
         self._ready = threading.Event()
+
+    def hold(self, setpoint, value: float | None = None) -> None:
+        """Make the register mapped to `setpoint` hold `value` (default: its stored value), not counted as a
+        write and past any device's quirk."""
+        from control.actuators.modbus import ModbusActuator
+
+        self.presetting = True
+        try:
+            ModbusActuator().write(setpoint, setpoint.value if value is None else value)
+        finally:
+            self.presetting = False
 
     def _run(self):
         from pymodbus.server import ModbusTcpServer

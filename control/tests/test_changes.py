@@ -8,6 +8,7 @@ from django.core.exceptions import PermissionDenied
 from django.utils import timezone
 
 from control import changes, envelope
+from control.actuators import ActuatorError
 from control.models import AuditAction, AuditEntry, ChangeState, ControllerPause, SetpointChange
 from control.tests.factories import RecordingActuator, build_plant, make_user, write_gpu_temps
 
@@ -222,6 +223,8 @@ def test_autonomous_mode_and_its_budget(plant, people, gpus, django_capture_on_c
     assert auto.state == ChangeState.APPROVED and auto.autonomous and len(callbacks) == 1
     second = changes.propose_from_policy(plant.site, Proposal("cdu-b1", "pump_speed_setpoint", 0.9), now=T0, **run)
     assert second.state == ChangeState.PENDING  # budget used up: a person decides
+    assert second.audit.filter(action=AuditAction.AUTONOMY_BUDGET).count() == 1
+    assert not second.audit.filter(action=AuditAction.APPROVED).exists()
     manual = changes.propose(plant.cdu_pump, 1.1, user=people["operator"], now=T0)
     assert manual.state == ChangeState.PENDING  # an operator's own change always needs a second person
     assert AuditEntry.objects.filter(action=AuditAction.AUTONOMY_CHANGED, setpoint=plant.cdu_pump).exists()
@@ -282,3 +285,108 @@ def test_changes_annotate_the_loop_page_timeline(plant, people, gpus):
     assert "save fan energy" in marks[0]["text"] and marks[1]["url"].endswith(f"#change-{change.pk}")
     assert setpoint_annotations(plant.site, (T0 + timedelta(hours=2)).timestamp(),
                                 (T0 + timedelta(hours=3)).timestamp()) == []
+
+
+class _Plant(RecordingActuator):
+    """A plant that holds `held` before anything is written, and can fail reads or writes."""
+
+    def __init__(self, held: dict | None = None, *, read_error: str = "", write_error: str = ""):
+        super().__init__()
+        self.values.update(held or {})
+        self.read_error, self.write_error = read_error, write_error
+
+    def read(self, setpoint):
+        if self.read_error:
+            raise ActuatorError(self.read_error)
+        return super().read(setpoint)
+
+    def write(self, setpoint, value):
+        if self.write_error:
+            raise ActuatorError(self.write_error)
+        super().write(setpoint, value)
+
+
+def test_apply_judges_the_step_from_what_the_plant_holds(plant, people, gpus):
+    # A local override left the plant at 17 while FuseDC's last read-back says 18: 18 → 18.5 was approved, but
+    # from 17 it is a step of 1.5 (max 1): refused at application, nothing written, the stored value corrected.
+    change = _approved(plant, people)
+    actuator = _Plant({plant.crah_sat.pk: 17.0})
+    assert changes.apply_change(change.pk, actuator=actuator, now=T0)["status"] == "failed"
+    change.refresh_from_db()
+    plant.crah_sat.refresh_from_db()
+    assert "maximum step 1" in change.state_reason and actuator.writes == [] and plant.crah_sat.value == 17.0
+    assert change.audit.get(action=AuditAction.FAILED).data["stored_value"] == 18.0
+    # Held at 18.2: the step is fine; the change starts from what the plant held (the watch and a rollback use it).
+    change = _approved(plant, people, value=17.5, now=T0 + timedelta(seconds=1))
+    actuator = _Plant({plant.crah_sat.pk: 18.2})
+    assert changes.apply_change(change.pk, actuator=actuator, now=T0 + timedelta(seconds=1))["status"] == "applied"
+    change.refresh_from_db()
+    assert change.from_value == 18.2 and actuator.writes == [(plant.crah_sat.pk, 17.5)]
+    assert change.audit.get(action=AuditAction.APPLYING).data["from_value_proposed"] == 17.0
+    # A plant that cannot be read is not written.
+    change = _approved(plant, people, value=18.0, now=T0 + timedelta(seconds=2))
+    actuator = _Plant(read_error="no response from the BMS gateway")
+    assert changes.apply_change(change.pk, actuator=actuator, now=T0 + timedelta(seconds=2))["status"] == "failed"
+    change.refresh_from_db()
+    assert "could not read" in change.state_reason and "BMS gateway" in change.state_reason and not actuator.writes
+
+
+def test_coil_interlock_counts_a_change_being_applied_to_the_other_point(plant, people, gpus):
+    # Chilled water stored at 14.5 and a raise to 15 being applied (its read-back not stored yet): the CRAH's
+    # supply air may not go below 15 + 3 K, though the stored water alone would allow 17.5.
+    plant.chiller_chw.value = 14.5
+    plant.chiller_chw.save()
+    assert envelope.check(plant.crah_sat, 17.5, now=T0).value == 17.5
+    SetpointChange.objects.create(setpoint=plant.chiller_chw, state=ChangeState.APPLYING, from_value=14.5,
+                                  to_value=15.0, created_at=T0, expires_at=T0 + timedelta(hours=1), written_at=T0)
+    verdict = envelope.check(plant.crah_sat, 17.5, now=T0)
+    assert verdict.value == 18.0 and "coil" in verdict.codes
+
+
+def test_a_policy_forecast_of_a_hot_gpu_refuses_less_cooling(plant, people, gpus):
+    from facility.twin.state import Proposal
+
+    run = {"policy": "mpc", "run_by": people["operator"], "now": T0}
+    hot = Proposal("cdu-b1", "secondary_supply_temperature_setpoint", 26.0, "warmer water",
+                   {"max_gpu_temperature_c": 85.0})  # GPUs read 60 °C now; the MPC predicts 85 over its horizon
+    with pytest.raises(changes.EnvelopeRefused) as exc:
+        changes.propose_from_policy(plant.site, hot, **run)
+    assert exc.value.reasons[0]["code"] == "thermal_margin" and "forecast" in exc.value.message
+    cool = Proposal("cdu-b1", "secondary_supply_temperature_setpoint", 26.0, "warmer water",
+                    {"max_gpu_temperature_c": 80.0})
+    assert changes.propose_from_policy(plant.site, cool, **run).state == ChangeState.PENDING
+
+
+def test_a_rollback_that_fails_is_retried_and_survives_a_pause(plant, people, gpus,
+                                                              django_capture_on_commit_callbacks):
+    change = changes.propose(plant.cdu_supply, 27, user=people["operator"], now=T0,
+                             predicted_effect={"max_gpu_temperature_c": 70})
+    changes.approve(change.pk, people["approver"], now=T0)
+    changes.apply_change(change.pk, actuator=RecordingActuator(), now=T0)
+    gpus["temp"] = 87.5
+    with django_capture_on_commit_callbacks():
+        assert changes.watch_changes(now=T0 + timedelta(seconds=60))["rollbacks"] == 1
+    first = SetpointChange.objects.get(rollback_of=change)
+    assert SetpointChange.objects.get(pk=change.pk).measured_effect["deviation_k"] == pytest.approx(17.5)
+    # The site's controllers pause meanwhile: open proposals expire, the rollback does not.
+    changes.pause_controllers(plant.site, "operator pause", automatic=False)
+    assert SetpointChange.objects.get(pk=first.pk).state == ChangeState.APPROVED
+    changes.apply_change(first.pk, actuator=_Plant(write_error="CDU refused the write"),
+                         now=T0 + timedelta(seconds=61))
+    assert SetpointChange.objects.get(pk=first.pk).state == ChangeState.FAILED
+    # Still breached on the next watch tick: a new rollback, which applies.
+    with django_capture_on_commit_callbacks():
+        assert changes.watch_changes(now=T0 + timedelta(seconds=90))["rollbacks"] == 1
+    again = SetpointChange.objects.filter(rollback_of=change).exclude(pk=first.pk).get()
+    assert changes.apply_change(again.pk, actuator=RecordingActuator(), now=T0 + timedelta(seconds=91))[
+        "status"] == "applied"
+    assert SetpointChange.objects.get(pk=change.pk).state == ChangeState.ROLLED_BACK
+    assert changes.watch_changes(now=T0 + timedelta(seconds=120))["rollbacks"] == 0  # nothing left to undo
+
+
+def test_an_approval_too_old_to_act_on_fails(plant, people, gpus):
+    change = _approved(plant, people)
+    late = T0 + timedelta(seconds=901)  # the broker was down for 15 minutes
+    assert changes.apply_change(change.pk, actuator=RecordingActuator(), now=late)["status"] == "failed"
+    change.refresh_from_db()
+    assert "too long ago to apply" in change.state_reason

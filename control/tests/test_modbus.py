@@ -29,8 +29,11 @@ def plant():
 
 
 def _map(setpoint, server, device=1, **kw):
-    return ModbusPoint.objects.create(setpoint=setpoint, host="127.0.0.1", port=server.port, unit_id=device,
-                                      register=100 + setpoint.pk % 500, timeout_seconds=0.5, **kw)
+    """Map `setpoint` to a register of `device` that holds its stored value, as the plant would."""
+    point = ModbusPoint.objects.create(setpoint=setpoint, host="127.0.0.1", port=server.port, unit_id=device,
+                                       register=100 + setpoint.pk % 500, timeout_seconds=0.5, **kw)
+    server.hold(setpoint)
+    return point
 
 
 def test_encoding():
@@ -83,9 +86,9 @@ def test_a_device_that_times_out_fails_the_change(server, plant, monkeypatch):
 
 
 def test_a_device_that_reads_back_another_value_fails_the_change(server, plant, monkeypatch):
-    _map(plant.cdu_supply, server, device=3)  # clamps to raw 200 = 20.0 °C
     plant.cdu_supply.value = 21.0
     plant.cdu_supply.save()
+    _map(plant.cdu_supply, server, device=3)  # clamps to raw 200 = 20.0 °C
     change = _apply_through_the_state_machine(plant.cdu_supply, 22.0, monkeypatch)
     assert change.state == ChangeState.FAILED and "reads back 20" in change.state_reason
     assert change.readback_value == 20.0 and plant.cdu_supply.value == 20.0
