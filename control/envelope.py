@@ -15,7 +15,8 @@ What it enforces, for one `facility.Setpoint`:
   long to wait (`wait_seconds`) instead of clipping, because an approver approved one value;
 - thermal interlock: no change that reduces cooling (raising a temperature setpoint, lowering a pump, fan or
   flow setpoint) while any GPU the unit cools is within `CONTROL_THERMAL_MARGIN_K` of its slowdown
-  temperature, by latest telemetry or by a forecast when one is supplied;
+  temperature, by latest telemetry (a GPU that went silent counts with its last reading of the last
+  `SILENT_GPU_LOOKBACK_S`) or by a forecast when one is supplied;
 - stale-telemetry watchdog: refused when the affected GPUs' telemetry is older than
   `CONTROL_TELEMETRY_MAX_AGE_SECONDS` (the caller then pauses the site's controllers).
 
@@ -37,6 +38,9 @@ from django.utils import timezone
 __all__ = ["Context", "Reason", "Verdict", "check", "evaluate", "fed_gpu_ids", "gather"]
 
 EPS = 1e-9
+# A GPU that stopped reporting may be the one overheating (a GPU at 92 °C shuts down and goes quiet): while
+# enough others report for the telemetry to count as fresh, its last reading this recent still counts.
+SILENT_GPU_LOOKBACK_S = 900.0
 ALLOWED, CLIPPED, REFUSED = "allowed", "clipped", "refused"
 # Setpoints whose decrease reduces cooling (pump, fan, flow); temperature setpoints reduce it by rising.
 _FLOW_WORDS = ("pump", "fan", "flow", "speed")
@@ -324,7 +328,9 @@ def gather(setpoint, *, now: datetime | None = None, forecast_hottest_gpu_c: flo
     max_age = float(settings.CONTROL_TELEMETRY_MAX_AGE_SECONDS)
     gpu_ids = fed_gpu_ids(unit)
     latest = read_gpu_temperatures(unit.site_id, gpu_ids, (now - timedelta(seconds=max_age)).timestamp())
-    temps = [t for _, t in latest.values() if t is not None and math.isfinite(t)]
+    silent = [g for g in gpu_ids if g not in latest]
+    last_known = read_gpu_temperatures(unit.site_id, silent, now.timestamp() - SILENT_GPU_LOOKBACK_S) if silent else {}
+    temps = [t for _, t in (*latest.values(), *last_known.values()) if t is not None and math.isfinite(t)]
     coil_min, coil_max = _coil_bounds(setpoint)
     forecast = _as_float(forecast_hottest_gpu_c)
     return Context(

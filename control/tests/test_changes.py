@@ -390,3 +390,21 @@ def test_an_approval_too_old_to_act_on_fails(plant, people, gpus):
     assert changes.apply_change(change.pk, actuator=RecordingActuator(), now=late)["status"] == "failed"
     change.refresh_from_db()
     assert "too long ago to apply" in change.state_reason
+
+
+def test_a_gpu_that_went_silent_counts_with_its_last_reading(plant, people, monkeypatch, settings):
+    # 1 of the 2 liquid-cooled GPUs stopped reporting 5 min ago at 86 °C (19 of 20 would still count as fresh):
+    # warmer water is refused on its last reading, not waved through on the other GPU's 60 °C.
+    silent = plant.liquid_gpus[0].pk
+
+    def read(site_id, gpu_ids, since):
+        now = T0.timestamp()
+        fresh = {g: (now - 5, 60.0) for g in gpu_ids if g != silent}
+        return fresh | ({silent: (now - 300, 86.0)} if silent in gpu_ids and since <= now - 300 else {})
+
+    monkeypatch.setattr(envelope, "read_gpu_temperatures", read)
+    settings.CONTROL_MIN_REPORTING_FRACTION = 0.5
+    with pytest.raises(changes.EnvelopeRefused) as exc:
+        changes.propose(plant.cdu_supply, 26, user=people["operator"], now=T0)
+    assert exc.value.reasons[0]["code"] == "thermal_margin" and "86.0" in exc.value.message
+    assert changes.propose(plant.cdu_supply, 24, user=people["operator"], now=T0).to_value == 24  # more cooling
