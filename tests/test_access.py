@@ -187,3 +187,11 @@ def test_an_admin_manages_roles_but_cannot_make_a_superuser(client, make_user, d
     assert client.get(f"/admin/auth/user/{root.pk}/password/").status_code == 403
     assert client.post(f"/admin/auth/user/{root.pk}/delete/", {"post": "yes"}).status_code == 403
     assert django_user_model.objects.filter(pk=root.pk, is_superuser=True).exists()
+
+
+def test_api_schema_and_docs_need_a_signed_in_caller_or_a_token(client, make_user):
+    for url in ("/api/schema/", "/api/docs/", "/api/redoc/"):
+        assert client.get(url).status_code in (401, 403), url
+    token = _create_token(client, make_user("ivy", "viewer"), "viewer").context["new_token"]
+    schema = _api(client, token, path="/api/schema/?format=json")
+    assert schema.status_code == 200 and "/api/v1/setpoint-changes/" in schema.json()["paths"]

@@ -8,8 +8,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.mark.parametrize("url", ["/login/", "/api/v1/sites/", "/healthz", "/api/docs/", "/models/"])
-def test_security_headers(client, url):
-    response = client.get(url)
+def test_security_headers(client, role_client, url):
+    response = (role_client("viewer") if url == "/api/docs/" else client).get(url)
     csp = response["Content-Security-Policy"]
     directives = dict(part.strip().split(" ", 1) for part in csp.split(";") if part.strip())
     assert directives["default-src"] == "'self'"

@@ -229,6 +229,9 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "GPU and cooling telemetry, forecasts and supervised setpoint control.",
     "VERSION": "1",
     # Swagger UI and ReDoc assets from the installed sidecar package: no CDN.
+    # The schema and its docs pages for signed-in users and API tokens only, like every other page.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    "SERVE_INCLUDE_SCHEMA": False,  # the schema does not describe its own endpoint
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
