@@ -19,6 +19,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+
 def _schema() -> dict:
     """The OpenAPI document `/api/schema/` serves, built in-process (the endpoint needs a signed-in caller, and no
     user exists while this module is imported)."""
