@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from django.db import connection
+from django.db import connection, transaction
 
 from telemetry.schema import GPU_COLUMNS, INTEGER_COLUMNS
 
@@ -143,15 +143,55 @@ def write(payloads: list[dict]) -> tuple[int, int]:
                 columns.append((_column(payloads, "gpu", column, gpu_sizes), "i8" if column in INTEGER_COLUMNS
                                 else "f8"))
             # Binary COPY of numpy-built rows: no Python object per row (bench/ingest.py measures it).
-            with cursor.copy(f"COPY {GPU_TABLE} ({', '.join(fields)}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.write(binary_copy(columns))
+            _copy(cursor, GPU_TABLE, fields, binary_copy(columns))
         if point_n:
             ids = np.concatenate([np.array(p["points"]["series_id"], dtype=np.int64) for p in payloads])
             columns = [(ids, "i8"), (_column(payloads, "points", "time", point_sizes), "ts"),
                        (_column(payloads, "points", "value", point_sizes), "f8nan")]
-            with cursor.copy(f"COPY {POINT_TABLE} (series_id, time, value) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.write(binary_copy(columns))
+            _copy(cursor, POINT_TABLE, ["series_id", "time", "value"], binary_copy(columns))
     return gpu_n, point_n
+
+
+def _copy(cursor, table: str, fields: list[str], stream: bytes) -> None:
+    """COPY the rows in; where one is already stored (a client sent its batch again after losing the answer,
+    or two batches carry the same GPU and time), merge instead, as `_merge_sql` says. The fast path is plain
+    COPY; the merge runs only for a stream that hit a stored key."""
+    import psycopg
+
+    columns = ", ".join(fields)
+    try:
+        # In a savepoint: a COPY that fails leaves the writer's transaction usable.
+        with transaction.atomic(), cursor.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(stream)
+        return
+    except psycopg.errors.UniqueViolation:
+        pass
+    staging = f"{table}_staging"
+    cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table} INCLUDING DEFAULTS)")
+    cursor.execute(f"TRUNCATE {staging}")
+    with cursor.copy(f"COPY {staging} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.write(stream)
+    cursor.execute(_merge_sql(table, staging, fields))
+    cursor.execute(f"TRUNCATE {staging}")
+
+
+def _upsert(table: str, fields: list[str]) -> str:
+    """The ON CONFLICT clause of `_merge_sql`, for a plain INSERT (SQLite)."""
+    keep = "excluded.{0}" if table == POINT_TABLE else "COALESCE(excluded.{0}, {0})"
+    return (f" ON CONFLICT ({', '.join(fields[:2])}) DO UPDATE SET "
+            + ", ".join(f"{c} = {keep.format(c)}" for c in fields[2:]))
+
+
+def _merge_sql(table: str, source: str, fields: list[str]) -> str:
+    """Rows of `source` into `table` by key: a value sent again replaces the stored one, a field not sent keeps
+    it (GPU rows arrive field by field: NULL means "not in this batch"). Within `source` the row added last
+    wins a repeated key. Table and column names are this module's constants; no value is interpolated."""
+    key, values = fields[:2], fields[2:]
+    columns = ", ".join(fields)
+    keep = "EXCLUDED.{0}" if table == POINT_TABLE else "COALESCE(EXCLUDED.{0}, {1}.{0})"
+    updates = ", ".join(f"{c} = {keep.format(c, table)}" for c in values)
+    return (f"INSERT INTO {table} ({columns}) SELECT DISTINCT ON ({', '.join(key)}) {columns} FROM {source} "
+            f"ORDER BY {', '.join(key)}, ctid DESC ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
 
 
 def _gpu_rows(gpu: dict, columns: list[str]):
@@ -173,12 +213,14 @@ def _insert(payloads: list[dict], gpu_n: int, point_n: int) -> tuple[int, int]:
     with connection.cursor() as cursor:
         if gpu_n:
             cursor.executemany(
-                f"INSERT INTO {GPU_TABLE} ({', '.join(gpu_fields)}) VALUES ({', '.join(['%s'] * len(gpu_fields))})",
+                f"INSERT INTO {GPU_TABLE} ({', '.join(gpu_fields)}) VALUES ({', '.join(['%s'] * len(gpu_fields))})"
+                + _upsert(GPU_TABLE, gpu_fields),
                 [(r[0], adapt(r[1]), *r[2:]) for p in payloads for r in _gpu_rows(p["gpu"], columns)],
             )
         if point_n:
             cursor.executemany(
-                f"INSERT INTO {POINT_TABLE} (series_id, time, value) VALUES (%s, %s, %s)",
+                f"INSERT INTO {POINT_TABLE} (series_id, time, value) VALUES (%s, %s, %s)"
+                + _upsert(POINT_TABLE, ["series_id", "time", "value"]),
                 [(sid, adapt(to_datetime(t)), v) for p in payloads
                  for sid, t, v in zip(p["points"]["series_id"], p["points"]["time"], p["points"]["value"],
                                       strict=True)],

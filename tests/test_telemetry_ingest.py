@@ -310,3 +310,23 @@ def test_the_upstream_malformed_example_is_reported_by_line(client, source):
 
 def test_shared_data_is_present():
     assert Path(SHARED_DATA / "dcgm").is_dir()
+
+
+def test_a_batch_sent_again_is_stored_once_and_a_later_field_merges(client, source):
+    """A client that lost the 202 sends its batch again (at-least-once): the samples are in the buffer twice, and
+    the writer stores them once instead of failing on the key forever. A later batch for the same GPU and time
+    with another field fills it in; a field sent again with a new value replaces the old one."""
+    gpu = demo_gpus(1)[0]
+    now = round(time.time()) - 10.0
+    batch = {"samples": [{"metric": "DCGM_FI_DEV_GPU_TEMP", "uuid": gpu.uuid, "timestamp": now, "value": 61.0}]}
+    for _ in range(2):
+        assert post(client, "/api/v1/telemetry/samples", batch, source[1]).status_code == 202
+    assert drain().entries == 2
+    power = {"samples": [{"metric": "DCGM_FI_DEV_POWER_USAGE", "uuid": gpu.uuid, "timestamp": now, "value": 650.0},
+                         {"metric": "DCGM_FI_DEV_GPU_TEMP", "uuid": gpu.uuid, "timestamp": now + 5, "value": 62.0}]}
+    assert post(client, "/api/v1/telemetry/samples", power, source[1]).status_code == 202
+    again = {"samples": [{"metric": "DCGM_FI_DEV_GPU_TEMP", "uuid": gpu.uuid, "timestamp": now + 5, "value": 62.5}]}
+    assert post(client, "/api/v1/telemetry/samples", again, source[1]).status_code == 202
+    assert drain().entries == 2
+    rows = list(GpuSample.objects.filter(gpu=gpu).order_by("time").values_list("gpu_temp", "power_usage"))
+    assert rows == [(61.0, 650.0), (62.5, None)]
