@@ -7,6 +7,7 @@ from django.template.response import TemplateResponse
 
 from control import changes
 from control.models import AuditEntry, AutonomySetting, ControllerPause, ModbusPoint, SetpointChange
+from inference.checkpoint import CheckpointError
 
 
 class DecisionForm(forms.Form):
@@ -231,5 +232,10 @@ class PolicyModelVersionAdmin(admin.ModelAdmin):
             self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
             return
         version = queryset.get()
+        try:
+            version.load()  # a checkpoint that does not verify would leave the policy unable to run
+        except (CheckpointError, ValueError, OSError) as exc:
+            self.message_user(request, f"{version.name} was not activated: {exc}", messages.ERROR)
+            return
         version.activate()
         self.message_user(request, f"{version.name} is now the active {version.policy} model.", messages.SUCCESS)

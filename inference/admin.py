@@ -2,6 +2,7 @@
 
 from django.contrib import admin, messages
 
+from inference.checkpoint import CheckpointError
 from inference.models import Forecast, InferenceStats, ModelVersion
 
 
@@ -24,6 +25,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
             self.message_user(request, "Choose exactly one version to activate.", messages.ERROR)
             return
         version = queryset.get()
+        try:
+            version.load()  # as `manage.py inference activate`: the worker would serve nothing from a bad file
+        except (CheckpointError, ValueError, OSError) as exc:
+            self.message_user(request, f"{version} was not activated: {exc}", messages.ERROR)
+            return
         version.activate()
         self.message_user(request, f"{version} is now the active {version.get_kind_display()}.")
 

@@ -243,7 +243,14 @@ class ForecastServer:
     # -- the step ---------------------------------------------------------------------------------------
     def step(self, now: float | None = None) -> StepReport:
         with self.lock, torch.inference_mode():
-            return self._step(time.time() if now is None else now)
+            try:
+                return self._step(time.time() if now is None else now)
+            except BaseException:
+                # A step cut short (its time limit, out of memory, the database) may have taken streams' cache
+                # rows out of their groups or advanced some layers only: drop every cache, so the next step
+                # rebuilds them by prefill instead of failing on the half-moved state until a restart.
+                self._drop_all()
+                raise
 
     def _step(self, now: float) -> StepReport:
         from facility.models import Site

@@ -15,6 +15,7 @@ import dataclasses
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -314,6 +315,12 @@ def train_site(
     from inference.dataset import load_frames
     from inference.models import ModelKind, ModelVersion
 
+    if name is not None:  # checked before minutes of training, and before a file of that name is written
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}", name):
+            raise ValueError(f"name {name!r}: use letters, digits, '.', '_' and '-' (it names the checkpoint files)")
+        if ModelVersion.objects.filter(name=name).exists():
+            raise ValueError(f"a model version named {name!r} exists already (its checkpoint is kept); choose "
+                             "another name")
     settings = settings or FitSettings()
     frames = load_frames(site, start_s, end_s)
     log_fn(f"data: {len(frames.uuids)} GPUs x {frames.steps} steps of {frames.interval_s:g} s "
@@ -333,7 +340,7 @@ def train_site(
     version = ModelVersion.objects.create(
         name=name, kind=kind, site=site, config=result.model.config.to_dict(), features=list(config.features),
         data_start=datetime.fromtimestamp(frames.start_s, UTC), data_end=datetime.fromtimestamp(frames.end_s, UTC),
-        metrics=metrics, training_curves=result.curves, checkpoint_path=str(saved.weights),
+        metrics=metrics, training_curves=result.curves, checkpoint_path=str(saved.weights.resolve()),
         checksum_sha256=saved.sha256, training_seconds=result.seconds,
     )
     if activate:

@@ -20,7 +20,7 @@ from django.views.generic import TemplateView
 
 from facility.mixins import RoleRequiredMixin
 from facility.models import GPU, Site
-from inference.model import ForecasterConfig, cache_bytes_per_token
+from inference.model import FEATURE_NAMES, ForecasterConfig, cache_bytes_per_token
 from inference.models import Forecast, InferenceStats, ModelKind, ModelVersion
 from telemetry import live, query
 from telemetry.api.views import error_body
@@ -58,11 +58,17 @@ def held_out_errors(version: ModelVersion | None) -> dict:
     return out
 
 
+def _shapes(version: ModelVersion) -> ForecasterConfig:
+    """The version's config for its shapes, horizons and cache size. A version trained on an older feature list
+    (which no worker serves: `ForecasterConfig` refuses it) still shows on the page."""
+    return ForecasterConfig.from_dict({**version.config, "features": list(FEATURE_NAMES)})
+
+
 def cache_memory(version: ModelVersion | None) -> list[dict]:
     """Per serving worker: streams held and cache bytes, beside what MHA with the same shapes would hold."""
     if version is None:
         return []
-    config = ForecasterConfig.from_dict(version.config)
+    config = _shapes(version)
     mla = cache_bytes_per_token(config)["model"]
     mha = cache_bytes_per_token(replace(config, attention="mha"))["model"]
     rows = []
@@ -79,7 +85,7 @@ def _version_summary(version: ModelVersion | None) -> dict | None:
     if version is None:
         return None
     temp60 = held_out_errors(version).get("gpu_temperature_celsius", {}).get("60s", {})
-    config = ForecasterConfig.from_dict(version.config)
+    config = _shapes(version)
     return {
         "name": version.name, "kind": version.get_kind_display(), "active": version.active,
         "created_at": version.created_at, "site": version.site.name if version.site_id else None,
@@ -111,7 +117,7 @@ class ModelPage(RoleRequiredMixin, TemplateView):
             chosen = newest or gpus[0].uuid
         config = {
             "data": reverse("inference:model-data"), "site": site.slug if site else None, "gpu": chosen,
-            "horizons": [round(h) for h in ForecasterConfig.from_dict(active.config).horizons_s] if active else [],
+            "horizons": [round(h) for h in _shapes(active).horizons_s] if active else [],
             "curves": {"active": active.training_curves if active else [],
                        "baseline": baseline.training_curves if baseline else [],
                        "best_epoch": (active.metrics or {}).get("split", {}).get("best_epoch") if active else None},

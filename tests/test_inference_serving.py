@@ -3,6 +3,7 @@ real Celery worker, a restart rebuilding the caches, the API's role checks, and 
 
 import io
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -250,6 +251,27 @@ def test_quiet_streams_are_evicted_and_come_back_by_prefill(twin, active_model):
     assert again.prefilled == GPU.objects.count()
 
 
+def test_a_step_cut_short_leaves_no_half_moved_cache(twin, active_model, monkeypatch):
+    from inference import serving
+
+    twin.feed(20)
+    server = ForecastServer(worker="f")
+    server.step()
+    twin.feed(4)
+
+    def cut_short(*args, **kwargs):
+        raise TimeoutError("soft time limit")  # as Celery's SoftTimeLimitExceeded, mid-decode
+
+    with monkeypatch.context() as m:
+        m.setattr(serving, "predict", cut_short)
+        with pytest.raises(TimeoutError):
+            server.step()
+    assert not server.streams and not server.groups
+    twin.feed(4)
+    report = server.step()  # rebuilt by prefill, forecasts again
+    assert report.prefilled == GPU.objects.count() and report.forecasts > 0
+
+
 def test_a_new_active_version_replaces_the_caches(twin, active_model, tmp_path):
     twin.feed(20)
     server = ForecastServer(worker="d")
@@ -264,6 +286,20 @@ def test_a_new_active_version_replaces_the_caches(twin, active_model, tmp_path):
     assert not active_model.active
     report = server.step()
     assert report.model_version == "next" and report.prefilled == GPU.objects.count()
+
+
+def test_admin_activates_only_a_checkpoint_that_verifies(site, active_model, tmp_path, client, django_user_model):
+    model = TelemetryForecaster(make_config(INTERVAL, window=12, num_layers=1, hidden_size=16,
+                                            intermediate_size=32, num_attention_heads=2))
+    saved = save_checkpoint(model, tmp_path, "tampered")
+    bad = ModelVersion.objects.create(name="tampered", config=model.config.to_dict(), features=list(FEATURE_NAMES),
+                                      checkpoint_path=str(saved.weights), checksum_sha256=saved.sha256)
+    saved.weights.write_bytes(saved.weights.read_bytes()[:-8] + b"\0" * 8)
+    client.force_login(django_user_model.objects.create_superuser("root", password="x-" + "y" * 20))
+    response = client.post("/admin/inference/modelversion/", {"action": "activate", "_selected_action": [bad.pk]},
+                           follow=True)
+    assert "was not activated" in response.content.decode()
+    assert ModelVersion.objects.get(pk=active_model.pk).active and not ModelVersion.objects.get(pk=bad.pk).active
 
 
 def test_forecast_api_role_checks_and_filters(twin, active_model, role_client, client):
@@ -385,6 +421,15 @@ def test_model_page_without_a_model_says_how_to_train_one(site, role_client):
     assert Client().get(reverse("inference:model-data"), {"gpu": "x"}).status_code == 302  # anonymous: log in
 
 
+def test_model_page_shows_a_version_trained_on_an_older_feature_list(site, active_model, role_client):
+    from django.urls import reverse
+
+    old = {**active_model.config, "features": list(FEATURE_NAMES[:-2])}  # no worker serves it; the page shows it
+    ModelVersion.objects.filter(pk=active_model.pk).update(config=old, features=old["features"])
+    response = role_client("viewer").get(reverse("inference:models"))
+    assert response.status_code == 200 and active_model.name in response.content.decode()
+
+
 def test_a_plant_reporting_faster_than_the_model_is_fed_on_the_model_grid(site, active_model):
     """The model was trained on 2 s samples; the plant reports every second. Serving feeds one sample per 2 s
     slot, so positions and sample gaps are the ones the model was trained on."""
@@ -431,3 +476,13 @@ def test_demo_training_replaces_an_active_version_built_for_another_feature_list
     assert "trained on another feature list" in out.getvalue()
     active = ModelVersion.objects.get(kind=ModelKind.FORECASTER, active=True)
     assert active.pk != active_model.pk and active.features == list(FEATURE_NAMES)
+    assert Path(active.checkpoint_path).is_absolute()
+    # A name already taken, or one that is not a plain file name, is refused before anything is trained or written.
+    from django.core.management.base import CommandError
+
+    before = sorted(p.name for p in (tmp_path / "models").iterdir())
+    for name, why in ((active.name, "exists already"), ("../outside", "use letters, digits")):
+        with pytest.raises(CommandError, match=why):
+            call_command("inference", "train", "--name", name, *args[3:], stdout=io.StringIO())
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == before
+    assert ModelVersion.objects.get(pk=active.pk).load() is not None  # its checkpoint still verifies
