@@ -180,7 +180,7 @@ _METRICS: tuple[Metric, ...] = (
          "DCGM_FI_DEV_BOARD_POWER_WATTS", "dcgm_power_usage", lo=0, hi=5000),
     _gpu("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", 156, Unit.MILLIJOULE, C,
          "Energy consumed since the driver was last loaded; resets on driver reload.",
-         "dcgm_total_energy_consumption", lo=0),
+         "dcgm_total_energy_consumption", lo=0, hi=2**62),  # stored as bigint: below 2**63
     _gpu("DCGM_FI_DEV_POWER_MGMT_LIMIT", 160, Unit.WATT, G, "Current (requested) board power limit.",
          "DCGM_FI_DEV_BOARD_POWER_LIMIT_REQUESTED_WATTS", lo=0, hi=5000),
     # --- GPU: clocks and throttling ---
@@ -194,9 +194,9 @@ _METRICS: tuple[Metric, ...] = (
          "DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", lo=0, hi=2**62),
     # dcgm-exporter's help text and NVML say ns; DCGM's header comment says usec. We follow what is exported.
     _gpu("DCGM_FI_DEV_POWER_VIOLATION", 240, Unit.NANOSECOND, C,
-         "Cumulative time clocks were held down by the power limit.", "dcgm_power_violation", lo=0),
+         "Cumulative time clocks were held down by the power limit.", "dcgm_power_violation", lo=0, hi=2**62),
     _gpu("DCGM_FI_DEV_THERMAL_VIOLATION", 241, Unit.NANOSECOND, C,
-         "Cumulative time clocks were held down by thermal limits.", "dcgm_thermal_violation", lo=0),
+         "Cumulative time clocks were held down by thermal limits.", "dcgm_thermal_violation", lo=0, hi=2**62),
     # --- GPU: utilisation ---
     # Not aliased: DCGM_FI_DEV_GPU_UTIL_RATIO, because DCGM releases disagree on whether it is the same
     # integer percent (id 203) or a new 0-1 double; mapping it here could scale values by 100.

@@ -110,8 +110,8 @@ def _window(request) -> tuple[float, float, str]:
         start, end = float(request.GET["start"]), float(request.GET.get("end") or now)
     except ValueError:
         raise BadQuery("start", "start and end must be epoch seconds") from None
-    if not (0 < start < end) or end - start > MAX_SPAN_SECONDS:
-        raise BadQuery("start", "start must be before end, at most 31 days apart")
+    if not (0 < start < end < 4e9) or end - start > MAX_SPAN_SECONDS:  # 4e9: the year 2096, a datetime still
+        raise BadQuery("start", "start must be before end, at most 31 days apart, both epoch seconds")
     return start, end, "custom"
 
 

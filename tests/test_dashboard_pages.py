@@ -96,6 +96,7 @@ def test_bad_window_parameters_are_400_naming_the_parameter(demo, role_client):
     gpu = reverse("telemetry:gpu", args=[GPU.objects.first().uuid])
     for url, item in ((gpu + "data?range=bogus", "range"), (gpu + "export.csv?start=x", "start"),
                       (reverse("telemetry:loop-data") + "?start=20&end=10", "start"),
+                      (gpu + "data?start=1e12&end=1000000000010", "start"),
                       (reverse("telemetry:kpi-history") + "?range=1h&max_points=many", "max_points")):
         response = client.get(url)
         assert response.status_code == 400 and response.json()["errors"][0]["item"] == item, (url, response.content)

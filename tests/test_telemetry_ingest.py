@@ -330,3 +330,23 @@ def test_a_batch_sent_again_is_stored_once_and_a_later_field_merges(client, sour
     assert drain().entries == 2
     rows = list(GpuSample.objects.filter(gpu=gpu).order_by("time").values_list("gpu_temp", "power_usage"))
     assert rows == [(61.0, 650.0), (62.5, None)]
+
+
+def test_a_body_of_garbage_is_refused_briefly(client, source):
+    """Nonsense lines are reported up to a limit (no object per line of a 16 MiB body), and a timestamp of
+    hundreds of digits is one more bad line, not a server error."""
+    from telemetry.parsers.prometheus import MAX_PARSE_ERRORS
+
+    body = f"DCGM_FI_DEV_GPU_TEMP{{gpu=\"0\"}} 60 {'9' * 5000}\n" + "x\n" * 50_000
+    response = post(client, "/api/v1/telemetry/prometheus", body, source[1], content_type="text/plain")
+    assert response.status_code == 400
+    errors = response.json()["errors"]
+    assert "out of range" in errors[0]["reason"] and response.json()["errors_truncated"] > 0
+    assert f"{MAX_PARSE_ERRORS + 1} problem(s)" in response.json()["message"]
+
+
+def test_a_counter_beyond_a_bigint_is_refused_not_wrapped(client, source):
+    gpu = demo_gpus(1)[0]
+    body = _json_samples(gpu, (2.0**63, -1), metric="DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION")
+    response = post(client, "/api/v1/telemetry/samples", body, source[1])
+    assert response.status_code == 400 and response.json()["errors"][0]["item"] == "samples[0].value"

@@ -140,10 +140,12 @@ class IngestView(APIView):
             errors = [
                 {"line": e.line, "reason": e.reason, "text": e.text} if e.line is not None
                 else {"item": e.path, "reason": e.reason}
-                for e in exc.errors
+                for e in exc.errors[:MAX_REPORTED_ERRORS]
             ]
             return Response(
-                error_body("invalid_batch", f"{len(errors)} problem(s); nothing in this batch was accepted", errors),
+                error_body("invalid_batch", f"{len(exc.errors)} problem(s); nothing in this batch was accepted",
+                           errors) | ({"errors_truncated": len(exc.errors) - len(errors)}
+                                      if len(exc.errors) > len(errors) else {}),
                 status=status.HTTP_400_BAD_REQUEST,
             )
         except BufferUnavailable:

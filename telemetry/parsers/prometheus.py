@@ -46,6 +46,10 @@ class _LineError(Exception):
     pass
 
 
+# Enough to show what is wrong with a body; the batch is rejected whole either way.
+MAX_PARSE_ERRORS = 1000
+
+
 def is_dcgm_blank(value: float) -> bool:
     """True if ``value`` is one of DCGM's "no data" sentinels rather than a measurement."""
     # +Inf is not a sentinel: it is an error the catalogue check reports.
@@ -70,6 +74,10 @@ def parse_exposition(text: str, *, default_timestamp: float, openmetrics: bool |
     entities: dict[tuple[str, bool], GpuEntity | str] = {}
 
     for number, line in enumerate(lines, start=1):
+        if len(result.errors) >= MAX_PARSE_ERRORS:  # a body of garbage: say so, without an object per line
+            result.errors.append(ParseError(f"more than {MAX_PARSE_ERRORS} problems: lines from here on were not "
+                                            "read", line=number))
+            break
         stripped = line.strip(_WS)
         if eof_line is not None:
             if stripped:
@@ -290,7 +298,10 @@ def _sample(
         else:
             if not _INT.fullmatch(tokens[1]):
                 raise _LineError(f"invalid timestamp {tokens[1]!r} (text format wants integer milliseconds)")
-            ts = int(tokens[1]) / 1000.0
+            try:
+                ts = int(tokens[1]) / 1000.0
+            except (OverflowError, ValueError):  # hundreds of digits: beyond a float, or beyond int() itself
+                raise _LineError(f"timestamp {tokens[1][:40]!r}... is out of range") from None
     return name, labels, value, ts, label_key
 
 
