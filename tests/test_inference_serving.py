@@ -318,6 +318,13 @@ def test_forecast_api_role_checks_and_filters(twin, active_model, role_client, c
     [row] = one.json()["forecasts"]
     assert row["gpu"] == gpu.uuid and row["horizon_s"] == 60 and row["model_version"] == "test-forecaster"
     assert set(row["gpu_temperature_celsius"]) == {"p10", "p50", "p90"}
+    twin.feed(10)
+    ForecastServer(worker="e").step()  # a second round: only each (GPU, horizon)'s newest comes back
+    rows = viewer.get("/api/v1/inference/forecasts").json()["forecasts"]
+    newest = {(f.gpu.uuid, f.horizon_s): f.made_at for f in Forecast.objects.select_related("gpu").order_by("made_at")}
+    assert Forecast.objects.count() > len(rows) == len(newest) == 3 * gpus
+    assert all(datetime.fromisoformat(r["made_at"].replace("Z", "+00:00")) == newest[(r["gpu"], r["horizon_s"])]
+               for r in rows)
     bad = viewer.get("/api/v1/inference/forecasts", {"gpus": "nope/9", "horizon": 0})
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_query"
     assert {e["item"] for e in bad.json()["errors"]} == {"horizon"}

@@ -69,14 +69,27 @@ class ForecastView(APIView):
             gpu_ids = [(by_uuid.get(k) or by_host[k]).pk for k in p["gpus"]]
         else:
             gpu_ids = [g.pk for g in gpus]
-        newest = Forecast.objects.filter(gpu=OuterRef("gpu"), horizon_s=OuterRef("horizon_s")).order_by("-made_at")
-        rows = Forecast.objects.filter(gpu_id__in=gpu_ids)
-        if "horizon" in p:
-            rows = rows.filter(horizon_s=p["horizon"])
-        rows = (rows.filter(made_at=Subquery(newest.values("made_at")[:1]))
+        rows = (Forecast.objects.filter(pk__in=newest_forecast_ids(gpu_ids, p.get("horizon")))
                 .select_related("gpu__node", "model_version")
                 .order_by("gpu__node__hostname", "gpu__index", "horizon_s"))
         return Response({"site": site.slug, "forecasts": ForecastSerializer(rows, many=True).data})
+
+
+def newest_forecast_ids(gpu_ids: list[int], horizon: int | None = None) -> list[int]:
+    """The newest forecast of each GPU for each horizon: one index probe per (GPU, horizon) on the unique
+    (gpu, horizon_s, made_at) index, instead of reading the day of forecasts each GPU keeps. The horizons are
+    those of the versions that made forecasts (a few), or the one asked for."""
+    if horizon is not None:
+        horizons = {int(horizon)}
+    else:
+        horizons = {round(h) for config in ModelVersion.objects.values_list("config", flat=True)
+                    for h in (config or {}).get("horizons_s", ())}
+    ids: list[int] = []
+    for h in sorted(horizons):
+        newest = (Forecast.objects.filter(gpu=OuterRef("pk"), horizon_s=h).order_by("-made_at").values("pk")[:1])
+        ids += [pk for pk in GPU.objects.filter(pk__in=gpu_ids).annotate(newest=Subquery(newest))
+                .values_list("newest", flat=True) if pk is not None]
+    return ids
 
 
 @extend_schema(tags=["inference"])
