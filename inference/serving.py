@@ -288,7 +288,9 @@ class ForecastServer:
         cmap, index = inputs.cmap, inputs.index
         known = [s for s in self.streams.values() if s.site_id == site.pk]
         since = min([s.last_time_s for s in known] + [self.scan_mark.get(site.pk, now - fresh)])
-        raw = load_gpu_rows(list(index), since, max(now, since) + 86400, after=True)
+        # Up to now: a sample stamped ahead (ingest accepts a clock up to 5 min fast) waits for its time instead
+        # of becoming the stream's newest and shutting out the correctly stamped samples before it.
+        raw = load_gpu_rows(list(index), since, now + self.model.config.position_resolution_s, after=True)
         if not len(raw):
             return []
         gpu_ids = raw[:, 0].astype(np.int64)
@@ -329,8 +331,9 @@ class ForecastServer:
         out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, LoadDrops]] = {}
         if not gpu_ids:
             return out
-        since = _newest(gpu_ids) - span
-        raw = load_gpu_rows(gpu_ids, since, time.time() + 86400, after=True)
+        now = time.time()
+        since = min(_newest(gpu_ids), now) - span
+        raw = load_gpu_rows(gpu_ids, since, now + res, after=True)  # up to now, as `_step_site` reads
         raw = raw[on_grid(raw, res)]
         if not len(raw):
             return out

@@ -272,6 +272,28 @@ def test_a_step_cut_short_leaves_no_half_moved_cache(twin, active_model, monkeyp
     assert report.prefilled == GPU.objects.count() and report.forecasts > 0
 
 
+def test_a_sample_stamped_ahead_waits_for_its_time(twin, active_model):
+    """A GPU whose clock runs 200 s fast (ingest accepts up to 300 s) must not become the stream's newest sample:
+    the correctly stamped samples after it would all be behind the stream's watermark and dropped."""
+    import time
+
+    from telemetry import storage
+
+    twin.feed(20)
+    server = ForecastServer(worker="g")
+    server.step()
+    gpu = GPU.objects.first()
+    ahead = time.time() + 200
+    payload = {"gpu": {"gpu_id": [gpu.pk], "time": [ahead], "gpu_temp": [60.0]},
+               "points": {"series_id": [], "time": [], "value": []}}
+    storage.ensure_partitions(storage.days_of([payload]))
+    storage.write([payload])
+    before = server.streams[gpu.pk].last_time_s
+    twin.feed(4)
+    server.step()
+    assert before < server.streams[gpu.pk].last_time_s < ahead - 100  # fed on by the twin's samples
+
+
 def test_a_new_active_version_replaces_the_caches(twin, active_model, tmp_path):
     twin.feed(20)
     server = ForecastServer(worker="d")
