@@ -198,6 +198,8 @@ def _rows(source: Source, samples: list, index: dict, now: float, errors: list, 
     gpu_rows: dict[tuple[int, float], dict] = {}
     points: dict[tuple[int, float], float] = {}
     last_counter: dict[tuple, tuple] = {}
+    # Per-MIG-instance samples of one GPU column: (sum of value x compute slices, sum of slices, instance ids).
+    mig: dict[tuple, list] = {}
     oldest = now - settings.TELEMETRY_MAX_AGE_SECONDS
     newest = now + settings.TELEMETRY_MAX_FUTURE_SECONDS
     by_uuid, by_host, units = index["uuid"], index["host_index"], index["units"]
@@ -229,7 +231,21 @@ def _rows(source: Source, samples: list, index: dict, now: float, errors: list, 
             row = gpu_rows.get((gpu_id, ts))
             if row is None:
                 row = gpu_rows[(gpu_id, ts)] = {}
-            elif column in row:
+            if entity.gpu_instance_id is not None:  # one sample per MIG instance: the GPU's row holds them all
+                cell = mig.setdefault((gpu_id, ts, column), [0.0, 0.0, set()])
+                if entity.gpu_instance_id in cell[2] or (column in row and not cell[2]):
+                    errors.append(ParseError(f"duplicate sample of {metric.name} for this GPU and time",
+                                             **_where(sample)))
+                    continue
+                if cell[2]:
+                    report.duplicates_folded += 1
+                slices = _mig_slices(entity.gpu_instance_profile)
+                cell[0] += value * slices
+                cell[1] += slices
+                cell[2].add(entity.gpu_instance_id)
+                row[column] = cell[0] / cell[1]
+                continue
+            if column in row:
                 errors.append(ParseError(f"duplicate sample of {metric.name} for this GPU and time", **_where(sample)))
                 continue
             row[column] = value
@@ -257,6 +273,13 @@ def _rows(source: Source, samples: list, index: dict, now: float, errors: list, 
                                          f"({previous[1]:g} → {value:g})", **_where(sample)))
             last_counter[series_key] = (ts, value)
     return gpu_rows, points
+
+
+def _mig_slices(profile: str | None) -> int:
+    """Compute slices of a MIG instance from its profile ("3g.40gb" → 3; unknown → 1). A per-instance ratio
+    (tensor activity) becomes the GPU's as the slice-weighted mean over its instances."""
+    head = (profile or "").split("g.", 1)[0]
+    return int(head) if head.isdigit() and int(head) > 0 else 1
 
 
 def _block(block: GpuBlock, index: dict, now: float, errors: list, report: IngestReport,

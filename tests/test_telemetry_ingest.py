@@ -350,3 +350,21 @@ def test_a_counter_beyond_a_bigint_is_refused_not_wrapped(client, source):
     body = _json_samples(gpu, (2.0**63, -1), metric="DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION")
     response = post(client, "/api/v1/telemetry/samples", body, source[1])
     assert response.status_code == 400 and response.json()["errors"][0]["item"] == "samples[0].value"
+
+
+def test_a_mig_partitioned_gpu_reports_one_row(client, source, role_client):
+    """dcgm-exporter on a MIG-partitioned GPU repeats device fields per GPU instance (folded by the parser) and
+    gives per-instance fields one sample per instance: they become the GPU's slice-weighted mean, not a 400."""
+    snippet = (SHARED_DATA / "dcgm" / "example-snippets-from-issues.prom").read_text()
+    mig = "\n".join(line for line in snippet.splitlines() if 'GPU_I_ID' in line and "yg-data" in line)
+    labels = ('gpu="0",UUID="GPU-265c9814-6156-355b-e589-ff2064894f16",device="nvidia0",modelName="NVIDIA A30",'
+              'Hostname="yg-data-k8s-gpu-a30-node-test-test0003.mt"')
+    text = (mig + "\n# TYPE DCGM_FI_PROF_PIPE_TENSOR_ACTIVE gauge\n"
+            f'DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{{{labels},GPU_I_PROFILE="1g.6gb",GPU_I_ID="3"}} 0.9\n'
+            f'DCGM_FI_PROF_PIPE_TENSOR_ACTIVE{{{labels},GPU_I_PROFILE="2g.12gb",GPU_I_ID="1"}} 0.3\n')
+    _facility_for_scrape(source[0].site, text)
+    response = post(client, "/api/v1/telemetry/prometheus", text, source[1], "text/plain")
+    assert response.status_code == 202, response.json()
+    drain()
+    row = GpuSample.objects.get(gpu__uuid="GPU-265c9814-6156-355b-e589-ff2064894f16")
+    assert row.tensor_active == pytest.approx((0.9 * 1 + 0.3 * 2) / 3) and row.gpu_temp == 35
