@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db.models import F
 from django.db.models.signals import post_delete, post_save
 
-from facility.models import GPU, CoolingUnit, Node
+from facility.models import GPU, CoolingUnit, Hall, Node, Rack
 from telemetry.buffer import get_buffer
 from telemetry.catalogue import Equipment, Kind, get
 from telemetry.models import Series, Source, UnknownEntity
@@ -64,18 +64,52 @@ class IngestReport:
 
 
 class _Inventory:
-    """Lookup of GPUs and cooling units by the names sources use, per site; dropped on inventory changes."""
+    """Lookup of GPUs and cooling units by the names sources use, per site; dropped on inventory changes.
+
+    A change saves in one process (an admin request, `facility import`); every other web and worker process
+    holds its own lookup. The change bumps a version in the shared cache (Redis in production), and each
+    process compares it at most every `RECHECK_S`, so a new GPU's samples are not dropped as unknown there."""
+
+    VERSION_KEY = "fusedc:ingest:inventory-version"
+    RECHECK_S = 5.0
 
     def __init__(self):
         self._lock = threading.Lock()
         self._sites: dict[int, dict] = {}
+        self._version = None
+        self._checked_at = -math.inf
 
     def clear(self, **kwargs):
+        from django.core.cache import cache as shared
+
         with self._lock:
             self._sites.clear()
+        try:
+            try:
+                shared.incr(self.VERSION_KEY)
+            except ValueError:  # not set yet (or the cache was emptied)
+                shared.set(self.VERSION_KEY, time.time_ns(), timeout=None)
+        except Exception:  # the cache is down: other processes catch up when it is back
+            log.warning("could not announce an inventory change", exc_info=True)
+
+    def _drop_if_changed_elsewhere(self) -> None:
+        from django.core.cache import cache as shared
+
+        now = time.monotonic()
+        if now - self._checked_at < self.RECHECK_S:
+            return
+        self._checked_at = now
+        try:
+            version = shared.get(self.VERSION_KEY)
+        except Exception:
+            return
+        if version != self._version:
+            self._sites.clear()
+            self._version = version
 
     def for_site(self, site_id: int) -> dict:
         with self._lock:
+            self._drop_if_changed_elsewhere()
             if site_id not in self._sites:
                 gpus = GPU.objects.filter(node__rack__hall__site_id=site_id).values_list(
                     "pk", "uuid", "node__hostname", "index"
@@ -90,7 +124,7 @@ class _Inventory:
 
 
 inventory = _Inventory()
-for _model in (GPU, Node, CoolingUnit):
+for _model in (GPU, Node, Rack, Hall, CoolingUnit):
     post_save.connect(inventory.clear, sender=_model, dispatch_uid=f"telemetry.inventory.{_model.__name__}.save")
     post_delete.connect(inventory.clear, sender=_model, dispatch_uid=f"telemetry.inventory.{_model.__name__}.del")
 

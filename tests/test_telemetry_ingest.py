@@ -368,3 +368,29 @@ def test_a_mig_partitioned_gpu_reports_one_row(client, source, role_client):
     drain()
     row = GpuSample.objects.get(gpu__uuid="GPU-265c9814-6156-355b-e589-ff2064894f16")
     assert row.tensor_active == pytest.approx((0.9 * 1 + 0.3 * 2) / 3) and row.gpu_temp == 35
+
+
+def test_a_gpu_added_in_another_process_is_known_here_within_seconds(client, source, monkeypatch):
+    """The inventory lookup lives per process; a GPU added elsewhere (an admin request served by another web
+    process, `facility import`) must not have its samples dropped as unknown here."""
+    import subprocess
+    import sys
+
+    from django.db import connection
+
+    from telemetry.ingest import inventory
+    from tests.conftest import REPO, _worker_env
+
+    monkeypatch.setattr(type(inventory), "RECHECK_S", 0.0)
+    node = demo_gpus(1)[0].node
+    batch = {"samples": [{"metric": "DCGM_FI_DEV_GPU_TEMP", "uuid": "GPU-added-elsewhere", "timestamp": time.time(),
+                          "value": 55.0}]}
+    assert post(client, "/api/v1/telemetry/samples", batch, source[1]).json()["unknown_entities"]  # loads the lookup
+    create = ("from facility.models import GPU; "
+              f"GPU.objects.create(node_id={node.pk}, index=99, uuid='GPU-added-elsewhere')")
+    added = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", create],
+        cwd=REPO, env=_worker_env(connection.settings_dict["NAME"]), capture_output=True, text=True, timeout=120)
+    assert added.returncode == 0, added.stderr[-2000:]
+    response = post(client, "/api/v1/telemetry/samples", batch, source[1]).json()
+    assert response["accepted"] == 1 and not response["unknown_entities"]
