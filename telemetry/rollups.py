@@ -136,12 +136,16 @@ def roll_up(now: float | None = None) -> dict[int, int]:
                 state.done_until = to_datetime(horizon)
                 state.save(update_fields=["done_until"])
                 count = int((horizon - start) // resolution)
-            for dirty in DirtyBucket.objects.select_for_update().filter(resolution=resolution):
-                begin = dirty.bucket.timestamp()
+            dirty = list(DirtyBucket.objects.select_for_update().filter(resolution=resolution)
+                         .values_list("bucket", flat=True))
+            # Cleared before recomputing: a writer marking one of them again meanwhile waits for this
+            # transaction, and its mark (for rows this recompute cannot see) survives it.
+            DirtyBucket.objects.filter(resolution=resolution, bucket__in=dirty).delete()
+            for bucket in dirty:
+                begin = bucket.timestamp()
                 _aggregate(resolution, begin, begin + resolution)
                 if resolution == MINUTE:  # the hour containing it now needs recomputing too
                     mark_dirty(HOUR, [begin])
-                DirtyBucket.objects.filter(resolution=resolution, bucket=dirty.bucket).delete()
                 count += 1
             done[resolution] = count
     return done
@@ -154,12 +158,26 @@ def mark_dirty(resolution: int, times: list[float]):
     )
 
 
+def _watermark_for_writer(resolution: int) -> float | None:
+    """The rolled-up-until time, read FOR SHARE on PostgreSQL: a roll-up in progress holds the row FOR UPDATE
+    and aggregates a snapshot without the writer's uncommitted rows, so the writer waits for it and judges
+    lateness by the new watermark (a plain read sees the old one: such rows would be neither rolled up nor
+    marked dirty)."""
+    if connection.vendor != "postgresql":  # SQLite runs one writing transaction at a time
+        row = RollupState.objects.filter(resolution=resolution).values_list("done_until", flat=True).first()
+        return row.timestamp() if row else None
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT done_until FROM {RollupState._meta.db_table} WHERE resolution = %s FOR SHARE",
+                       [resolution])
+        row = cursor.fetchone()
+    return row[0].timestamp() if row else None
+
+
 def mark_late_samples(payloads: list[dict]):
     """Called by the writer inside its transaction: buckets already rolled up that these samples fall in."""
-    states = dict(RollupState.objects.filter(resolution=MINUTE).values_list("resolution", "done_until"))
-    if MINUTE not in states:
+    done_until = _watermark_for_writer(MINUTE)
+    if done_until is None:
         return
-    done_until = states[MINUTE].timestamp()
     late = [t for p in payloads for t in (*p["gpu"]["time"], *p["points"]["time"]) if t < done_until]
     if late:
         mark_dirty(MINUTE, late)

@@ -126,3 +126,44 @@ def test_embedded_default_runs_the_same_pipeline(tmp_path):
     result = json.loads(out.strip().splitlines()[-1])
     assert result["raw"] == 30 * 256 and result["rollups"] >= 256
     assert result["v"] and all(20 < v < 90 for v in result["v"])
+
+
+def test_a_late_sample_written_during_a_roll_up_is_marked_for_the_next(transactional_db):
+    """A roll-up holds the watermark FOR UPDATE while it aggregates a snapshot; a writer committing a late
+    sample then must wait for it and judge by the new watermark, else the sample is neither rolled up nor
+    marked dirty and the rollups miss it for good."""
+    import threading
+    from datetime import UTC, datetime
+
+    import psycopg
+    from django.db import connection, transaction
+
+    from telemetry.models import DirtyBucket
+
+    t0 = 1_790_000_040.0  # on a minute boundary
+    RollupState.objects.create(resolution=rollups.MINUTE, done_until=datetime.fromtimestamp(t0, UTC))
+    db = connection.settings_dict
+    roll_up = psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"])
+    roll_up.execute("SELECT done_until FROM telemetry_rollupstate WHERE resolution = 60 FOR UPDATE")
+    roll_up.execute("UPDATE telemetry_rollupstate SET done_until = to_timestamp(%s) WHERE resolution = 60",
+                    [t0 + 600])
+    late = {"gpu": {"gpu_id": [1], "time": [t0 + 300]}, "points": {"series_id": [], "time": [], "value": []}}
+
+    def writer_transaction():
+        try:
+            with transaction.atomic():
+                rollups.mark_late_samples([late])
+        finally:
+            connection.close()
+
+    writing = threading.Thread(target=writer_transaction)
+    try:
+        writing.start()
+        time.sleep(1.0)
+        waited = writing.is_alive()  # for the roll-up's watermark
+    finally:
+        roll_up.commit()  # whatever happened: a lock left behind would hang the database flush
+        roll_up.close()
+    writing.join(10)
+    assert waited
+    assert [b.timestamp() for b in DirtyBucket.objects.values_list("bucket", flat=True)] == [t0 + 300]
