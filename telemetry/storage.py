@@ -176,22 +176,20 @@ def _copy(cursor, table: str, fields: list[str], stream: bytes) -> None:
 
 
 def _upsert(table: str, fields: list[str]) -> str:
-    """The ON CONFLICT clause of `_merge_sql`, for a plain INSERT (SQLite)."""
-    keep = "excluded.{0}" if table == POINT_TABLE else "COALESCE(excluded.{0}, {0})"
+    """The ON CONFLICT clause that merges a row into `table` by key (PostgreSQL and SQLite): a value sent again
+    replaces the stored one, a field not sent keeps it (GPU rows arrive field by field: NULL means "not in this
+    batch"). Table and column names are this module's constants; no value is interpolated."""
+    keep = "excluded.{0}" if table == POINT_TABLE else "COALESCE(excluded.{0}, {1}.{0})"
     return (f" ON CONFLICT ({', '.join(fields[:2])}) DO UPDATE SET "
-            + ", ".join(f"{c} = {keep.format(c)}" for c in fields[2:]))
+            + ", ".join(f"{c} = {keep.format(c, table)}" for c in fields[2:]))
 
 
 def _merge_sql(table: str, source: str, fields: list[str]) -> str:
-    """Rows of `source` into `table` by key: a value sent again replaces the stored one, a field not sent keeps
-    it (GPU rows arrive field by field: NULL means "not in this batch"). Within `source` the row added last
-    wins a repeated key. Table and column names are this module's constants; no value is interpolated."""
-    key, values = fields[:2], fields[2:]
-    columns = ", ".join(fields)
-    keep = "EXCLUDED.{0}" if table == POINT_TABLE else "COALESCE(EXCLUDED.{0}, {1}.{0})"
-    updates = ", ".join(f"{c} = {keep.format(c, table)}" for c in values)
-    return (f"INSERT INTO {table} ({columns}) SELECT DISTINCT ON ({', '.join(key)}) {columns} FROM {source} "
-            f"ORDER BY {', '.join(key)}, ctid DESC ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
+    """Rows of `source` into `table` by key, as `_upsert` merges; within `source` the row added last wins a
+    repeated key."""
+    key, columns = ", ".join(fields[:2]), ", ".join(fields)
+    return (f"INSERT INTO {table} ({columns}) SELECT DISTINCT ON ({key}) {columns} FROM {source} "
+            f"ORDER BY {key}, ctid DESC" + _upsert(table, fields))
 
 
 def _gpu_rows(gpu: dict, columns: list[str]):
