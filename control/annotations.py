@@ -13,6 +13,7 @@ from facility.twin.state import (
     CDU_SECONDARY_SUPPLY,
     CHILLED_WATER,
     CRAH_SUPPLY_AIR,
+    SERVER_FAN_SPEED,
     TOWER_LEAVING_WATER,
 )
 
@@ -23,6 +24,7 @@ _SERIES = {
     CHILLED_WATER: "chilled_water_supply_temperature_setpoint_celsius",
     TOWER_LEAVING_WATER: "leaving_water_temperature_setpoint_celsius",
     CDU_PUMP_SPEED: "pump_speed_setpoint_ratio",
+    SERVER_FAN_SPEED: "fan_speed_setpoint_ratio",
 }
 
 

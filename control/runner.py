@@ -92,7 +92,7 @@ def state_from_database(site: Site, *, now: datetime | None = None) -> State:
     hall_of_uuid = dict(GPU.objects.filter(node__rack__hall__site=site).values_list("uuid", "node__rack__hall__name"))
     hall_of = np.array([hall_of_uuid.get(u) for u in latest["uuid"]], dtype=object)
     halls = {}
-    for hall in Hall.objects.filter(site=site).order_by("name"):
+    for hall in Hall.objects.filter(site=site).prefetch_related("cooling_units").order_by("name"):
         m = hall_of == hall.name
         temps = gpu["gpu_temp"][m]
         temps = temps[np.isfinite(temps)]
@@ -101,13 +101,15 @@ def state_from_database(site: Site, *, now: datetime | None = None) -> State:
         inlet = [by_unit.get((u.name, "supply_air_temperature_celsius")) for u in hall.cooling_units.all()
                  if u.kind == "crah"]
         inlet = [v for v in inlet if v is not None]
+        fans = [by_unit.get((u.name, "fan_speed_ratio")) for u in hall.cooling_units.all() if u.kind == "server_fans"]
+        fans = [v for v in fans if v is not None]
         tmax = float(temps.max()) if temps.size else math.nan
         halls[hall.name] = HallState(
             hall.name, hall.cooling_type, tmax, float(temps.mean()) if temps.size else math.nan,
             SLOWDOWN_C - tmax if temps.size else math.inf, int(np.count_nonzero(reasons & THROTTLE_REASONS)),
             int(np.count_nonzero(reasons & THERMAL_REASONS)), int(temps.size),
             float(np.nansum(gpu["power_usage"][m])) / 1000, float(np.nansum(gpu["tflops"][m])),
-            float(np.mean(inlet)) if inlet else math.nan, DEFAULT_FAN_DUTY)
+            float(np.mean(inlet)) if inlet else math.nan, float(np.mean(fans)) if fans else DEFAULT_FAN_DUTY)
     facility = facility_kpis(gpu, points)
     return State(now, now.timestamp(), float(site_points.get(_OUTDOOR[0], math.nan)),
                  float(site_points.get(_OUTDOOR[1], math.nan)), setpoints, halls, facility)

@@ -18,6 +18,9 @@ class CoolingUnitKind(models.TextChoices):
     COOLING_TOWER = "cooling_tower", "Cooling tower"
     DRY_COOLER = "dry_cooler", "Dry cooler"
     PUMP = "pump", "Pump"
+    # The fans of a hall's servers as one control point (the BMC fan policy, written through the fleet's
+    # management gateway); their power is in the nodes' IT power.
+    SERVER_FANS = "server_fans", "Server fans (a hall's BMC fan duty)"
 
 
 class CoolingLoopKind(models.TextChoices):

@@ -140,6 +140,7 @@ def _cross_check(doc: FacilityFile) -> list[str]:
     _duplicates(doc.cooling_loops, lambda x: x.name, "cooling_loops", "name", errors)
     _duplicates(doc.cooling_units, lambda x: x.name, "cooling_units", "name", errors)
     _duplicates(doc.halls, lambda x: x.name, "halls", "name", errors)
+    fans_of_hall: dict[str, str] = {}
     for u, unit in enumerate(doc.cooling_units):
         where = f"cooling_units[{u}]"
         if unit.hall is not None and unit.hall not in halls:
@@ -149,6 +150,13 @@ def _cross_check(doc: FacilityFile) -> list[str]:
             if name is not None and name not in loops:
                 errors.append(f"{where}.{attr}: no cooling loop named {name!r}")
         _duplicates(unit.setpoints, lambda x: x.name, f"{where}.setpoints", "name", errors)
+        if unit.kind == "server_fans":  # a hall's nodes' fans: one fan duty per hall
+            if unit.hall is None:
+                errors.append(f"{where}.hall: server fans belong to a hall")
+            elif unit.hall in fans_of_hall:
+                errors.append(f"{where}: hall {unit.hall!r} already has server fans ({fans_of_hall[unit.hall]!r})")
+            else:
+                fans_of_hall[unit.hall] = unit.name
     hostnames: dict[str, str] = {}
     uuids: dict[str, str] = {}
     for h, hall in enumerate(doc.halls):

@@ -106,6 +106,13 @@ class CoolingUnit(models.Model):
     def clean(self):
         if self.hall_id and self.hall.site_id != self.site_id:
             raise ValidationError({"hall": "The hall belongs to another site."})
+        if self.kind == CoolingUnitKind.SERVER_FANS:
+            if not self.hall_id:
+                raise ValidationError({"hall": "Server fans belong to a hall: they are its nodes' fans."})
+            others = CoolingUnit.objects.filter(hall_id=self.hall_id, kind=self.kind).exclude(pk=self.pk)
+            if others.exists():
+                raise ValidationError({"kind": f"Hall {self.hall} already has server fans ({others.first()}); "
+                                               "a hall has one fan duty."})
 
 
 class Rack(models.Model):

@@ -7,7 +7,7 @@ from control import changes
 from control.models import AuditEntry, SetpointChange
 from facility import facility_file
 from facility.management.commands.seed_demo import DEMO_FILE
-from facility.models import GPU, Hall, Node, Setpoint
+from facility.models import GPU, CoolingUnit, Hall, Node, Setpoint
 
 pytestmark = pytest.mark.django_db
 
@@ -99,3 +99,29 @@ def test_malformed_ids_cursors_and_paths_are_4xx_in_the_error_body(demo, role_cl
         assert response.status_code == 404 and response.json()["code"] == "not_found", path
     response = client.get("/api/v1/gpus/", {"cursor": "not-a-cursor"})
     assert response.status_code == 400 and response.json()["errors"][0]["item"] == "cursor"
+
+
+def test_cooling_unit_rules_of_the_model_hold_on_the_api(demo, role_client):
+    """What `CoolingUnit.clean` refuses in admin and the facility file is a 400 naming the field on the API too."""
+    from facility.models import Site
+
+    client = role_client("admin")
+    site, hall_a = Site.objects.get(slug="demo"), Hall.objects.get(name="hall-a")
+    other = Site.objects.create(slug="other", name="Other")
+    cases = [
+        ({"site": site.pk, "hall": None, "name": "fans-x", "kind": "server_fans"}, "hall",
+         "Server fans belong to a hall"),
+        ({"site": site.pk, "hall": hall_a.pk, "name": "fans-x", "kind": "server_fans"}, "kind",
+         "Hall hall-a already has server fans (fans-a)"),
+        ({"site": other.pk, "hall": hall_a.pk, "name": "crah-x", "kind": "crah"}, "hall",
+         "The hall belongs to another site."),
+    ]
+    for body, item, reason in cases:
+        response = client.post("/api/v1/cooling-units/", body, content_type="application/json")
+        assert response.status_code == 400, response.content
+        assert {"item": item, "reason": reason[:20]} in [
+            {"item": e["item"], "reason": e["reason"][:20]} for e in response.json()["errors"]]
+    assert not CoolingUnit.objects.filter(name__in=["fans-x", "crah-x"]).exists()
+    fans = CoolingUnit.objects.get(name="fans-a")
+    response = client.patch(f"/api/v1/cooling-units/{fans.pk}/", {"capacity_kw": 5.0}, content_type="application/json")
+    assert response.status_code == 200, response.content  # the unit itself does not count against its hall

@@ -114,3 +114,17 @@ def test_a_results_file_keeps_each_run_and_a_rerun_resumes_from_it(tmp_path, cap
 
 def _table_row(out: str, policy: str) -> list[str]:
     return next(line.split() for line in out.splitlines() if line.strip().startswith(f"{policy} "))
+
+
+def test_the_baselines_run_the_same_with_or_without_the_server_fan_point():
+    """Why a baseline's stored run serves both facilities (`_job_key`): none of them moves the server fans."""
+    for name in bench.BASELINES:
+        job = {"policy": name, "name": name, "params": {}, "climate": "hot", "workload": "training", "seed": 0,
+               "days": 15 / 1440, "start": "2025-07-01T12:00:00"}
+        with_fans, without = bench._run({**job, "server_fans": True}), bench._run({**job, "server_fans": False})
+        assert "error" not in with_fans and "error" not in without
+        assert with_fans["metrics"] == without["metrics"], name
+        assert bench._job_key({**job, "server_fans": True}) == bench._job_key({**job, "server_fans": False})
+    mpc = {"policy": "mpc", "name": "mpc", "params": {}, "climate": "hot", "workload": "training", "seed": 0,
+           "days": 1.0, "start": "2025-07-01"}
+    assert bench._job_key({**mpc, "server_fans": True}) != bench._job_key({**mpc, "server_fans": False})

@@ -159,3 +159,33 @@ def test_admin_start_form_makes_the_same_checks(client, make_user):
         r = client.post("/admin/control/policyrun/add/", form)
         assert r.status_code == 200 and why in r.content.decode(), r.content.decode()[:2000]
     assert not plant.site.policy_runs.exists()
+
+
+def test_state_from_database_reads_the_server_fan_duty(make_user, redis_client):
+    """A hall's fan duty comes from its server fans' measured duty; a hall without server fans keeps the BMC
+    default. The fan point is a setpoint like the others."""
+    from facility.models import CoolingUnit, Setpoint
+    from telemetry import writer
+    from telemetry.buffer import get_buffer
+    from telemetry.ingest import ingest
+    from telemetry.parsers.json_batch import parse_json_batch
+    from tests.telemetry_helpers import make_source
+
+    redis_client.flushdb()
+    get_buffer.cache_clear()
+    plant = _plant("fd")
+    fans = CoolingUnit.objects.create(site=plant.site, hall=plant.air_gpus[0].node.rack.hall, name="fans-a",
+                                      kind="server_fans")
+    Setpoint.objects.create(cooling_unit=fans, name="fan_speed_setpoint", unit="ratio", value=0.9, allowable_min=0.4,
+                            allowable_max=1.0, max_step=0.1, min_dwell_seconds=60)
+    source, _ = make_source("json", site=plant.site)
+    now = timezone.now().timestamp()
+    ingest(source, parse_json_batch({"samples": [
+        {"metric": "fan_speed_ratio", "cooling_unit": "fans-a", "timestamp": now, "value": 0.9}]}), now=now)
+    writer.drain("test", time_budget_s=30)
+    get_buffer.cache_clear()
+    state = runner.state_from_database(plant.site)
+    assert state.halls["hall-a"].fan_duty == pytest.approx(0.9)
+    assert state.halls["hall-b"].fan_duty == 0.8
+    point = state.setpoints[("fans-a", "fan_speed_setpoint")]
+    assert (point.command, point.envelope.kind, point.envelope.hall) == (0.9, "server_fans", "hall-a")

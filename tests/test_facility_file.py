@@ -97,6 +97,9 @@ def test_update_is_reported_and_applied():
          "halls[1].racks[0].nodes[0].colour: Extra inputs are not permitted"),
         (lambda d: d["halls"][1]["racks"][0]["nodes"][0].update(hostname="a-r01-n1"),
          "halls[1].racks[0].nodes[0].hostname: duplicate 'a-r01-n1'"),
+        (lambda d: d["cooling_units"][-1].update(hall=None), "cooling_units[13].hall: server fans belong to a hall"),
+        (lambda d: d["cooling_units"].append({**d["cooling_units"][-1], "name": "fans-a2"}),
+         "cooling_units[14]: hall 'hall-a' already has server fans ('fans-a')"),
     ],
 )
 def test_validation_names_path_and_field(mutate, expected):

@@ -25,6 +25,7 @@ from facility.twin.state import CDU_PUMP_SPEED as CDU_PUMP
 from facility.twin.state import CDU_SECONDARY_SUPPLY as CDU_SUPPLY
 from facility.twin.state import CHILLED_WATER as CHW
 from facility.twin.state import CRAH_SUPPLY_AIR as CRAH_SAT
+from facility.twin.state import SERVER_FAN_SPEED as FANS
 from facility.twin.state import TOWER_LEAVING_WATER as TOWER
 
 from .base import Policy, PolicyContext, Proposal, SetpointState, State, register
@@ -47,8 +48,9 @@ class FixedSetpoints(Policy):
     name = "fixed"
 
     def __init__(self, air_supply_c: float = 18.0, chilled_water_c: float = 10.0,
-                 liquid_supply_c: float = 25.0, pump_speed: float = 1.0):
-        self.targets = {CHW: chilled_water_c, CDU_SUPPLY: liquid_supply_c, CDU_PUMP: pump_speed}
+                 liquid_supply_c: float = 25.0, pump_speed: float = 1.0, fan_duty: float = 0.8):
+        # fan_duty: the BMC's default duty (TWIN.md calibration), where the server fans are a control point.
+        self.targets = {CHW: chilled_water_c, CDU_SUPPLY: liquid_supply_c, CDU_PUMP: pump_speed, FANS: fan_duty}
         self.air_supply_c = air_supply_c
 
     def propose(self, state: State) -> list[Proposal]:

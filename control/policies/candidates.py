@@ -70,12 +70,16 @@ from facility.twin.state import (
     coil_violations,
 )
 from facility.twin.state import CRAH_SUPPLY_AIR as CRAH_SAT
+from facility.twin.state import SERVER_FAN_SPEED as FANS
 from facility.twin.state import TOWER_LEAVING_WATER as TOWER
 
 # One candidate step per point (clipped further by the envelope's max_step and rate).
-DEFAULT_STEPS = {CRAH_SAT: 1.0, CHW: 0.5, TOWER: 1.0, CDU_SUPPLY: 1.0, CDU_PUMP: 0.1}
-# Points where "up" warms GPUs (a pump-speed cut warms them too: its "up" is a cut, see `_warms`).
+DEFAULT_STEPS = {CRAH_SAT: 1.0, CHW: 0.5, TOWER: 1.0, CDU_SUPPLY: 1.0, CDU_PUMP: 0.1, FANS: 0.05}
+SHORT_NAMES = {CRAH_SAT: "supply air", CHW: "chilled water", TOWER: "tower leaving water", CDU_SUPPLY: "CDU supply",
+               CDU_PUMP: "CDU pump speed", FANS: "server fans"}
+# Points where "up" warms GPUs; on the flow points (pump speed, server fan duty) a cut warms them (`_warms`).
 SUPPLY_POINTS = {CRAH_SAT, CDU_SUPPLY}
+FLOW_POINTS = {CDU_PUMP, FANS}
 HOT_C = 85.0
 
 
@@ -118,8 +122,7 @@ def groups(state: State) -> list[Group]:
         found.setdefault((env.name, env.hall, unit), []).append(key)
     out = []
     for (name, hall, unit), keys in found.items():
-        short = {CRAH_SAT: "supply air", CHW: "chilled water", TOWER: "tower leaving water",
-                 CDU_SUPPLY: "CDU supply", CDU_PUMP: "CDU pump speed"}[name]
+        short = SHORT_NAMES[name]
         where = hall if hall is not None else unit
         out.append(Group(name, hall, tuple(keys), f"{short} {where}"))
     return out
@@ -135,7 +138,7 @@ def _warms(state: State, group: Group, sign: int, hot: set[str]) -> bool:
     CRAH able to reach its supply air.)"""
     if group.name in SUPPLY_POINTS:
         return sign > 0 and group.hall in hot
-    if group.name == CDU_PUMP:
+    if group.name in FLOW_POINTS:
         return sign < 0 and group.hall in hot
     return False
 
@@ -180,7 +183,7 @@ def generate(state: State, steps: dict[str, float] | None = None, hot_c: float =
                 continue
             targets, requested, clipped = m
             delta = next(iter(targets.values())) - state.setpoints[g.keys[0]].command
-            unit = "" if g.name == CDU_PUMP else " K"
+            unit = "" if g.name in FLOW_POINTS else " K"
             out.append(Candidate(f"c{len(out)}", f"{g.label} {delta:+.2f}{unit}", targets, requested, clipped,
                                  ((g.label, delta),)))
     return out
@@ -439,6 +442,12 @@ class SurrogateParams:
     cop_max: float = 12.0
     flow_r_exponent: float = 0.8  # junction-to-coolant resistance ~ flow^-0.8 (convective part ~60 %)
     liquid_rise_k_per_flow: float = 8.0  # junction rise over supply at nominal flow that scales with flow
+    # Server fans (air halls): the share of the junction's rise over its inlet air that scales as duty^-0.8
+    # (the heat sink's R_sf of R_js + R_sf, 0.03 of 0.04 K/W), and their power at full duty per GPU
+    # (1.2 kW per 8-GPU node through a 0.95 PSU), counted as IT power.
+    fan_rise_share: float = 0.75
+    fan_rise_k: float = 25.0  # the rise when the state does not give one (no inlet reading)
+    server_fan_kw_per_gpu: float = 0.158
 
 
 class SurrogatePredictor:
@@ -496,7 +505,14 @@ class SurrogatePredictor:
                             default=-math.inf) + COIL_APPROACH_K
             now = [max(sp.command, floor_now) for sp in pts]
             new = [max(targets.get(sp.envelope.key, sp.command), floor_new) for sp in pts]
-            return float(np.mean(new) - np.mean(now)) if pts else 0.0
+            shift = float(np.mean(new) - np.mean(now)) if pts else 0.0
+            fans = of(FANS)
+            if fans:
+                rise = hall.gpu_temperature_mean_c - hall.server_inlet_c
+                rise = rise if math.isfinite(rise) and rise > 0 else p.fan_rise_k
+                ratio = np.mean([targets.get(sp.envelope.key, sp.command) / max(sp.command, 0.05) for sp in fans])
+                shift += p.fan_rise_share * rise * (ratio ** -p.flow_r_exponent - 1.0)
+            return shift
         shift = 0.0
         sup = of(CDU_SUPPLY)
         if sup:
@@ -506,6 +522,15 @@ class SurrogatePredictor:
             ratio = np.mean([targets.get(sp.envelope.key, sp.command) / max(sp.command, 0.05) for sp in pumps])
             shift += p.liquid_rise_k_per_flow * (ratio ** -p.flow_r_exponent - 1.0)
         return shift
+
+    def fan_delta_kw(self, state: State, hall, targets: dict[Key, float]) -> float:
+        """Server-fan power change of a hall (affinity law, power ~ duty^3), part of its IT power."""
+        fans = [sp for sp in state.setpoints.values() if sp.envelope.name == FANS and sp.envelope.hall == hall.name]
+        if not fans or hall.cooling_type != "air":
+            return 0.0
+        now = np.mean([sp.command ** 3 for sp in fans])
+        new = np.mean([targets.get(sp.envelope.key, sp.command) ** 3 for sp in fans])
+        return float(hall.gpus * self.p.server_fan_kw_per_gpu * (new - now))
 
     def outcome(self, state: State, targets: dict[Key, float],
                 gpu_shift: dict[str, float] | None = None, source: str | None = None) -> Outcome:
@@ -523,7 +548,7 @@ class SurrogatePredictor:
             over_now = max(0.0, hall.gpu_temperature_mean_c - p.soft_knee_c)
             over_new = max(0.0, hall.gpu_temperature_mean_c + ss - p.soft_knee_c)
             tf = hall.tflops * (1 - p.soft_derate_per_k * (over_new - over_now))
-            it_kw += hall.it_power_kw * (1 + p.leakage_per_k * ss)
+            it_kw += hall.it_power_kw * (1 + p.leakage_per_k * ss) + self.fan_delta_kw(state, hall, targets)
             tflops += tf
             ref += hall.tflops / max(1 - p.soft_derate_per_k * over_now, 0.3)
             tmax = max(tmax, hall.gpu_temperature_max_c + max(ss, avg))
@@ -571,15 +596,23 @@ class ForecastPredictor:
 
         if c.is_hold:
             return {}
-        effect = forecast_effect({f"{u}.{n}": v for (u, n), v in c.targets.items()}, site=self.site)
-        summary = effect.get("summary") or {}
-        if not summary:
-            return None
-        key = self.horizon_key or max(summary, key=lambda h: float(h.rstrip("s")))
-        s = summary[key]
-        halls = {state.setpoints[k].envelope.hall for k in c.targets} - {None}
-        shift = float(s["mean_delta_gpu_temperature_celsius"])
-        return dict.fromkeys(halls or set(state.halls), shift)
+        # The forecaster has no server-fan input (its training data never moved them): the surrogate's fan
+        # law judges those moves, the forecaster the rest.
+        fans = {k: v for k, v in c.targets.items() if state.setpoints[k].envelope.name == FANS}
+        rest = {k: v for k, v in c.targets.items() if k not in fans}
+        shifts: dict[str, float] = {}
+        if rest:
+            effect = forecast_effect({f"{u}.{n}": v for (u, n), v in rest.items()}, site=self.site)
+            summary = effect.get("summary") or {}
+            if not summary:
+                return None
+            key = self.horizon_key or max(summary, key=lambda h: float(h.rstrip("s")))
+            halls = {state.setpoints[k].envelope.hall for k in rest} - {None}
+            shifts = dict.fromkeys(halls or set(state.halls), float(summary[key]["mean_delta_gpu_temperature_celsius"]))
+        for hall in {state.setpoints[k].envelope.hall for k in fans}:
+            if hall in state.halls:
+                shifts[hall] = shifts.get(hall, 0.0) + self.surrogate.gpu_shift_k(state, state.halls[hall], fans)
+        return shifts
 
     def predict(self, state: State, candidates: Sequence[Candidate]) -> list[Outcome]:
         out = []

@@ -327,3 +327,67 @@ def test_closed_loop_proposals_are_valid_and_deterministic(warm_twin):
     b = _run(copy.deepcopy(twin), envs)
     assert a == b
     assert any(a), "the MPC moves something on the demo plant"
+
+
+# ---- server fans: a hall's fan duty as a control point ----
+
+FANS = cand.FANS
+
+
+def fan_state(air_max=70.0, duty=0.8):
+    state = make_state(air_max=air_max)
+    fans = _sp("fans-a", FANS, "server_fans", "hall-a", duty, 0.4, 1.0, 0.1)
+    return State(state.time, state.elapsed_s, state.outdoor_dry_bulb_c, state.outdoor_wet_bulb_c,
+                 {**state.setpoints, fans.envelope.key: fans}, state.halls, state.facility)
+
+
+def test_server_fans_are_candidates_and_a_fan_cut_counts_as_warming():
+    state = fan_state()
+    moves = {c.label: c.targets for c in cand.generate(state)}
+    assert moves["server fans hall-a +0.05"] == {("fans-a", FANS): pytest.approx(0.85)}
+    assert moves["server fans hall-a -0.05"] == {("fans-a", FANS): pytest.approx(0.75)}
+    hot = fan_state(air_max=86.0)  # within the interlock margin: no fan cut, a fan raise stays
+    labels = [c.label for c in cand.generate(hot)]
+    assert "server fans hall-a +0.05" in labels and "server fans hall-a -0.05" not in labels
+
+
+def test_surrogate_server_fans_cool_the_gpus_and_cost_it_power():
+    state = fan_state()
+    s = cand.SurrogatePredictor()
+    up = {("fans-a", FANS): 0.9}
+    hall = state.halls["hall-a"]
+    # 75 % of the GPUs' rise over their inlet air (62 - 20 C here) scales as duty^-0.8.
+    rise = hall.gpu_temperature_mean_c - hall.server_inlet_c
+    assert s.gpu_shift_k(state, hall, up) == pytest.approx(0.75 * rise * ((0.9 / 0.8) ** -0.8 - 1))
+    assert s.gpu_shift_k(state, state.halls["hall-b"], up) == 0.0  # liquid hall: no air fans to speak of
+    hold, faster = s.outcome(state, {}), s.outcome(state, up)
+    fan_kw = 64 * 0.158 * (0.9 ** 3 - 0.8 ** 3)
+    leakage_kw = 100.0 * 0.003 * s.gpu_shift_k(state, hall, up)
+    assert faster.it_kwh - hold.it_kwh == pytest.approx((fan_kw + leakage_kw) * 150 / 3600)
+    assert faster.max_gpu_c < hold.max_gpu_c
+
+
+def test_fixed_setpoints_return_the_fans_to_the_bmc_default():
+    state = fan_state(duty=0.9)
+    proposals = [p for p in policies.create("fixed").propose(state) if p.setpoint == FANS]
+    assert [(p.unit, p.value) for p in proposals] == [("fans-a", pytest.approx(0.8))]
+
+
+def test_a_throughput_floor_turns_the_fans_up_on_the_twin():
+    """Training on air-cooled GPUs is held by the 700 W power cap (leakage grows with temperature): the MPC with a
+    work floor above what cooling alone reaches raises the server fans, on its own twin."""
+    from facility.demo import build_demo_facility
+    from facility.twin.state import EnvelopeGuard
+
+    facility = build_demo_facility(air_racks=2, liquid_racks=1)
+    layout = layout_from_facility(facility)
+    twin = Twin(layout, "seed", Scenario(workload="training", climate="mixed", seed=0))
+    twin.step(300)
+    envs = envelopes_from_layout(layout)
+    guard = EnvelopeGuard(twin, envs)
+    mpc = MPC(min_throughput=0.995)
+    mpc.reset(PolicyContext(envs, {}, 30.0, predictor=twin))
+    for _ in range(3):
+        guard.apply(mpc.propose(state_from_twin(twin, envs, guard.last_change_s)))
+        twin.step(60)
+    assert twin.setpoint_command("fans-a", FANS) > 0.8

@@ -1,3 +1,6 @@
+import copy
+
+from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from facility.models import GPU, CoolingLoop, CoolingUnit, Hall, Node, Rack, Setpoint, Site
@@ -22,6 +25,18 @@ class CoolingLoopSerializer(serializers.ModelSerializer):
 
 
 class CoolingUnitSerializer(serializers.ModelSerializer):
+    def validate(self, attrs):
+        """The model's own rules (`CoolingUnit.clean`: the hall is the site's; server fans, one per hall), as
+        the admin and the facility file apply them."""
+        unit = copy.copy(self.instance) if self.instance is not None else CoolingUnit()
+        for name, value in attrs.items():
+            setattr(unit, name, value)
+        try:
+            unit.clean()
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from None
+        return attrs
+
     class Meta:
         model = CoolingUnit
         fields = ("id", "site", "hall", "name", "kind", "supply_loop", "return_loop", "capacity_kw", "updated_at")

@@ -13,7 +13,9 @@ FORMAT = "fusedc-facility/1"
 CLIMATES = ("hot", "mixed", "cool")
 COOLING_TYPES = ("air", "liquid")
 LOOP_KINDS = ("chilled_water", "condenser_water", "facility_water", "technology_cooling")
-UNIT_KINDS = ("crah", "crac", "cdu", "chiller", "cooling_tower", "dry_cooler", "pump")
+UNIT_KINDS = ("crah", "crac", "cdu", "chiller", "cooling_tower", "dry_cooler", "pump", "server_fans")
+# Units that act on a hall's servers, not on its air or water: one per hall at most (its fan duty is one value).
+HALL_ONLY_KINDS = ("server_fans",)
 
 
 class LayoutError(ValueError):
@@ -252,9 +254,17 @@ def layout_from_facility(data: Mapping) -> Layout:
         )
     _unique([h.name for h in halls], "halls", "hall")
     hall_names = {h.name for h in halls}
+    fans_of_hall: dict[str, str] = {}
     for i, u in enumerate(units):
         if u.hall is not None and u.hall not in hall_names:
             raise LayoutError(f"cooling_units[{i}].hall: unknown hall {u.hall!r}")
+        if u.kind in HALL_ONLY_KINDS:
+            if u.hall is None:
+                raise LayoutError(f"cooling_units[{i}].hall: a {u.kind} unit belongs to a hall")
+            if u.hall in fans_of_hall:
+                raise LayoutError(f"cooling_units[{i}]: hall {u.hall!r} already has {fans_of_hall[u.hall]!r}; "
+                                  f"one {u.kind} unit per hall")
+            fans_of_hall[u.hall] = u.name
 
     # Hostnames and GPU uuids identify telemetry series: they must be unique site-wide.
     hostnames, uuids = [], []

@@ -26,7 +26,14 @@ import numpy as np
 
 from .layout import Layout, Unit
 from .params import PlantParams
-from .state import CDU_PUMP_SPEED, CDU_SECONDARY_SUPPLY, CHILLED_WATER, CRAH_SUPPLY_AIR, TOWER_LEAVING_WATER
+from .state import (
+    CDU_PUMP_SPEED,
+    CDU_SECONDARY_SUPPLY,
+    CHILLED_WATER,
+    CRAH_SUPPLY_AIR,
+    SERVER_FAN_SPEED,
+    TOWER_LEAVING_WATER,
+)
 
 T0 = 273.15
 
@@ -42,6 +49,8 @@ KNOWN_SETPOINTS = {
         CDU_PUMP_SPEED: ("ratio", 1.0, 0.3, 1.2),
     },
     "pump": {},
+    # The twin applies it to its hall's nodes (`Twin`); the plant only keeps the setpoint.
+    "server_fans": {SERVER_FAN_SPEED: ("ratio", 0.8, 0.2, 1.0)},
 }
 MIN_CDU_FLOW = 0.05  # a failed CDU pump still leaves some thermosiphon flow (ours; avoids 1/0)
 
@@ -466,7 +475,7 @@ class Plant:
 
     # --- read-out ---
 
-    def _setpoint_points(self, unit: str) -> dict[str, float]:
+    def setpoint_points(self, unit: str) -> dict[str, float]:
         sps = self.setpoints
         return {
             f"{name}_{sps.units[i]}" if sps.units[i] else name: float(sps.value[i])
@@ -546,7 +555,7 @@ class Plant:
         for name, points in out.items():
             for key, value in points.items():
                 points[key] = float(value)
-            points.update(self._setpoint_points(name))
+            points.update(self.setpoint_points(name))
         return out
 
     def _loop_value(self, values: np.ndarray, loop: str | None) -> float:

@@ -42,6 +42,8 @@ CHILLED_WATER = "chilled_water_supply_temperature_setpoint"
 TOWER_LEAVING_WATER = "leaving_water_temperature_setpoint"
 CDU_SECONDARY_SUPPLY = "secondary_supply_temperature_setpoint"
 CDU_PUMP_SPEED = "pump_speed_setpoint"
+# Server fan duty of every node in a hall (the BMC fan policy), on a `server_fans` unit: 0.2-1.0.
+SERVER_FAN_SPEED = "fan_speed_setpoint"
 
 Key = tuple[str, str]  # (unit, setpoint name)
 

@@ -26,6 +26,7 @@ from .gpu import GpuBank
 from .layout import Layout, layout_from_facility
 from .params import DEFAULT_PROFILE, Profile, load_profile
 from .plant import Plant
+from .state import SERVER_FAN_SPEED
 from .weather import hour_of_year, load_climate
 from .workload import WorkloadTrace
 
@@ -157,6 +158,13 @@ class Twin:
         self._hour0 = hour_of_year(self.scenario.start)
 
         self.fan_duty_command = np.full(len(self.hall_names), DEFAULT_FAN_DUTY)
+        # A hall with a `server_fans` unit takes its fan duty from that unit's setpoint (a control point like
+        # any other); a hall without one keeps the BMC default, or what `set_fan_duty` sets.
+        sps = self.plant.setpoints
+        self._fan_units = {u.name: hall_index[u.hall] for u in lay.units if u.kind == "server_fans"}
+        self._fan_points = [(h, sps.find(name, SERVER_FAN_SPEED)) for name, h in self._fan_units.items()]
+        for h, i in self._fan_points:
+            self.fan_duty_command[h] = sps.command[i]
         self.fan_duty = self.fan_duty_command.copy()
         self.elapsed_s = 0.0
         self._workload_version = -1
@@ -193,6 +201,8 @@ class Twin:
         plant, bank = self.plant, self.bank
         local_hour = (self.scenario.start.hour + self.scenario.start.minute / 60 + self.elapsed_s / 3600.0) % 24
         self.workload.update(self.elapsed_s, local_hour)
+        for h, i in self._fan_points:
+            self.fan_duty_command[h] = plant.setpoints.command[i]
         self.fan_duty += (self.fan_duty_command - self.fan_duty) * (1.0 - math.exp(-dt / pp.server_fan_tau_s))
 
         # Boundary conditions per rack -> per GPU.
@@ -232,6 +242,8 @@ class Twin:
 
         self._outdoor = self._outdoor_at(self.elapsed_s)
         plant.step(dt, rack_air_kw, rack_liquid_kw, rack_air_kg_s, *self._outdoor)
+        for h, i in self._fan_points:  # the fans' read-back is the duty they run at
+            plant.setpoints.value[i] = self.fan_duty[h]
         self.elapsed_s += dt
 
     # --- commands ---
@@ -269,7 +281,11 @@ class Twin:
         duty = float(duty)
         if not FAN_DUTY_MIN <= duty <= FAN_DUTY_MAX:
             raise ValueError(f"fan duty {duty} lies outside [{FAN_DUTY_MIN}, {FAN_DUTY_MAX}]")
-        self.fan_duty_command[self._hall(hall)] = duty
+        h = self._hall(hall)
+        for unit, fan_hall in self._fan_units.items():
+            if fan_hall == h:  # the hall's fans are a control point: command it there
+                self.plant.setpoints.write(unit, SERVER_FAN_SPEED, duty)
+        self.fan_duty_command[h] = duty
 
     def read_fan_duty(self, hall: str) -> float:
         return float(self.fan_duty[self._hall(hall)])
@@ -323,7 +339,12 @@ class Twin:
         }
 
     def units(self) -> dict[str, dict[str, float]]:
-        return self.plant.unit_points()
+        """Per cooling unit its points; a `server_fans` unit reports the duty its hall's fans run at (their
+        power is in the nodes' IT power, not the cooling plant's)."""
+        out = self.plant.unit_points()
+        for name, h in self._fan_units.items():
+            out[name] = {"fan_speed_ratio": float(self.fan_duty[h]), **self.plant.setpoint_points(name)}
+        return out
 
     def halls(self) -> dict[str, dict[str, float]]:
         """Per hall: IT power, GPU and server-inlet figures, fan duty."""

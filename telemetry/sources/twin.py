@@ -48,6 +48,7 @@ UNIT_POINTS = {
     "leaving_water_temperature_setpoint_celsius": ("leaving_water_temperature_setpoint_celsius", ""),
     "secondary_supply_temperature_setpoint_celsius": ("secondary_supply_temperature_setpoint_celsius", ""),
     "pump_speed_setpoint_ratio": ("pump_speed_setpoint_ratio", ""),
+    "fan_speed_setpoint_ratio": ("fan_speed_setpoint_ratio", ""),
 }
 SITE_POINTS = {
     "outdoor_dry_bulb_celsius": "outdoor_dry_bulb_temperature_celsius",

@@ -129,3 +129,15 @@ def test_other_shapes_run():
 
 def test_synthetic_sizes():
     assert layout_from_facility(synthetic_facility(air_nodes=63, liquid_nodes=62)).gpu_count == 1000
+
+
+def test_server_fans_belong_to_one_hall_each(small_site):
+    fans = {"name": "fans-a", "kind": "server_fans", "hall": "hall-a", "setpoints": []}
+    ok = {**small_site, "cooling_units": [*small_site["cooling_units"], fans]}
+    assert layout_from_facility(ok).unit("fans-a").kind == "server_fans"
+    site_level = {**small_site, "cooling_units": [*small_site["cooling_units"], {**fans, "hall": None}]}
+    with pytest.raises(LayoutError, match=r"cooling_units\[\d+\].hall: a server_fans unit belongs to a hall"):
+        layout_from_facility(site_level)
+    twice = {**small_site, "cooling_units": [*small_site["cooling_units"], fans, {**fans, "name": "fans-a2"}]}
+    with pytest.raises(LayoutError, match="hall 'hall-a' already has 'fans-a'; one server_fans unit per hall"):
+        layout_from_facility(twice)

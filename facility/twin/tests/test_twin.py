@@ -137,3 +137,33 @@ def test_stuck_sensor_repeats_its_value():
     # Those that started sticking on the first read hold the first read's value.
     assert np.all(np.abs(second[held]) < 5)
     assert np.all(np.isfinite(first))
+
+
+def _with_server_fans(site, hall="hall-a", name="fans-a", lo=0.4):
+    site = {**site, "cooling_units": [*site["cooling_units"], {
+        "name": name, "kind": "server_fans", "hall": hall, "setpoints": [
+            {"name": "fan_speed_setpoint", "unit": "ratio", "value": 0.8, "allowable_min": lo, "allowable_max": 1.0}]}]}
+    return site
+
+
+def test_server_fans_are_a_control_point_of_their_hall(make_twin, small_site):
+    """A hall's `server_fans` unit sets its nodes' fan duty: faster fans, cooler and less power-capped GPUs for
+    more IT power; the unit reports the duty as its read-back; the liquid hall is untouched."""
+    base = make_twin(workload="training", site=_with_server_fans(small_site))
+    fast = make_twin(workload="training", site=_with_server_fans(small_site))
+    fast.write_setpoint("fans-a", "fan_speed_setpoint", 1.0)
+    base.step(240)
+    fast.step(240)
+    a, b = base.halls(), fast.halls()
+    assert fast.read_fan_duty("hall-a") == pytest.approx(1.0, abs=1e-6)
+    assert fast.units()["fans-a"] == {"fan_speed_ratio": pytest.approx(1.0, abs=1e-6),
+                                      "fan_speed_setpoint_ratio": pytest.approx(1.0, abs=1e-6)}
+    assert b["hall-a"]["gpu_temperature_celsius_max"] < a["hall-a"]["gpu_temperature_celsius_max"] - 4
+    assert b["hall-a"]["tflops"] > a["hall-a"]["tflops"] * 1.02  # the power cap binds less on cooler silicon
+    assert b["hall-a"]["it_power_kw"] > a["hall-a"]["it_power_kw"]  # fans ~ duty^3, counted as IT power
+    assert b["hall-b"]["gpu_temperature_celsius_max"] == pytest.approx(a["hall-b"]["gpu_temperature_celsius_max"])
+    # The direct command goes through the point, inside the file's allowable range.
+    fast.set_fan_duty("hall-a", 0.6)
+    assert fast.setpoint_command("fans-a", "fan_speed_setpoint") == 0.6
+    with pytest.raises(ValueError, match=r"fans-a.fan_speed_setpoint = 0.3 lies outside \[0.4, 1\]"):
+        fast.write_setpoint("fans-a", "fan_speed_setpoint", 0.3)
