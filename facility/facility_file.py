@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from facility.choices import Climate, CoolingLoopKind, CoolingType, CoolingUnitKind, SetpointUnit
 from facility.models import GPU, CoolingLoop, CoolingUnit, Hall, Node, Rack, Setpoint, Site
+from facility.twin.state import SERVER_FAN_SPEED, SERVER_FANS, server_fan_range_problem
 
 FORMAT = "fusedc-facility/1"
 
@@ -150,7 +151,12 @@ def _cross_check(doc: FacilityFile) -> list[str]:
             if name is not None and name not in loops:
                 errors.append(f"{where}.{attr}: no cooling loop named {name!r}")
         _duplicates(unit.setpoints, lambda x: x.name, f"{where}.setpoints", "name", errors)
-        if unit.kind == "server_fans":  # a hall's nodes' fans: one fan duty per hall
+        if unit.kind == SERVER_FANS:  # a hall's nodes' fans: one fan duty per hall, never stopped
+            for i, sp in enumerate(unit.setpoints):
+                problem = sp.name == SERVER_FAN_SPEED and server_fan_range_problem(sp.unit, sp.allowable_min,
+                                                                                   sp.allowable_max)
+                if problem:
+                    errors.append(f"{where}.setpoints[{i}]: {problem}")
             if unit.hall is None:
                 errors.append(f"{where}.hall: server fans belong to a hall")
             elif unit.hall in fans_of_hall:
@@ -324,6 +330,15 @@ def _check_against_database(doc: FacilityFile):
                             f"{node.hostname} is held by {other} in the database; delete that GPU first "
                             "(a swapped GPU keeps its history under its own UUID)"
                         )
+    in_file_units = {u.name for u in doc.cooling_units}
+    for u, unit in enumerate(doc.cooling_units):
+        if unit.kind != SERVER_FANS or unit.hall is None:
+            continue
+        held = (CoolingUnit.objects.filter(site__slug=doc.site.slug, hall__name=unit.hall, kind=SERVER_FANS)
+                .exclude(name__in=in_file_units).values_list("name", flat=True).first())
+        if held:
+            errors.append(f"cooling_units[{u}]: hall {unit.hall!r} has server fans {held!r} in the database; a hall "
+                          "has one fan duty: rename that unit in the file, or delete it first")
     if errors:
         raise FacilityFileError(errors)
 

@@ -125,3 +125,9 @@ def test_cooling_unit_rules_of_the_model_hold_on_the_api(demo, role_client):
     fans = CoolingUnit.objects.get(name="fans-a")
     response = client.patch(f"/api/v1/cooling-units/{fans.pk}/", {"capacity_kw": 5.0}, content_type="application/json")
     assert response.status_code == 200, response.content  # the unit itself does not count against its hall
+    duty = Setpoint.objects.get(cooling_unit=fans, name="fan_speed_setpoint")
+    response = client.patch(f"/api/v1/setpoints/{duty.pk}/", {"allowable_min": 0.0}, content_type="application/json")
+    assert response.status_code == 400 and response.json()["errors"][0]["item"] == "allowable_min", response.content
+    assert "server fan duty must stay within [0.2, 1]" in response.json()["errors"][0]["reason"]
+    duty.refresh_from_db()
+    assert duty.allowable_min == 0.4

@@ -100,6 +100,8 @@ def test_update_is_reported_and_applied():
         (lambda d: d["cooling_units"][-1].update(hall=None), "cooling_units[13].hall: server fans belong to a hall"),
         (lambda d: d["cooling_units"].append({**d["cooling_units"][-1], "name": "fans-a2"}),
          "cooling_units[14]: hall 'hall-a' already has server fans ('fans-a')"),
+        (lambda d: d["cooling_units"][13]["setpoints"][0].update(unit="percent", allowable_max=1.0),
+         "cooling_units[13].setpoints[0]: server fan duty is a ratio (0-1), not percent"),
     ],
 )
 def test_validation_names_path_and_field(mutate, expected):
@@ -181,3 +183,14 @@ def test_seed_demo_creates_role_users_with_fresh_passwords(capsys):
         user = authenticate(RequestFactory().post("/login/"), username=role, password=pw2)
         assert user is not None and list(user.groups.values_list("name", flat=True)) == [role]
     assert "already loaded" in second
+
+
+def test_a_hall_keeps_one_server_fans_unit_across_imports():
+    data = build_demo_facility()
+    facility_file.import_facility(facility_file.parse(_text(data)))
+    data["cooling_units"][13]["name"] = "fans-hall-a"  # renamed in the file: the old unit stays in the database
+    with pytest.raises(facility_file.FacilityFileError) as err:
+        facility_file.import_facility(facility_file.parse(_text(data)))
+    assert err.value.errors == ["cooling_units[13]: hall 'hall-a' has server fans 'fans-a' in the database; a hall "
+                                "has one fan duty: rename that unit in the file, or delete it first"]
+    assert not CoolingUnit.objects.filter(name="fans-hall-a").exists()

@@ -7,6 +7,8 @@ its reason and a person or the policy proposes again.
 
 from __future__ import annotations
 
+import math
+
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
@@ -15,8 +17,14 @@ from control.actuators.base import Actuator, ActuatorError
 __all__ = ["ModbusActuator", "from_raw", "to_raw"]
 
 
-def to_raw(value: float, scale: float, signed: bool) -> int:
+def to_raw(value: float, scale: float, signed: bool, lo: float = -math.inf, hi: float = math.inf) -> int:
+    """The register value for `value` at the point's resolution (1/scale), never outside [lo, hi]: where
+    rounding would step out of the allowable range (0.45 at a resolution of 0.1), it steps back inside."""
     raw = round(value * scale)
+    if raw / scale < lo:
+        raw = math.ceil(lo * scale - 1e-9)
+    if raw / scale > hi:
+        raw = math.floor(hi * scale + 1e-9)
     lo, hi = (-32768, 32767) if signed else (0, 65535)
     if not lo <= raw <= hi:
         raise ActuatorError(f"{value:g} × {scale:g} = {raw} does not fit a {'signed' if signed else 'unsigned'} "
@@ -54,7 +62,7 @@ class ModbusActuator(Actuator):
 
     def write(self, setpoint, value: float) -> None:
         point = self._point(setpoint)
-        raw = to_raw(value, point.scale, point.signed)
+        raw = to_raw(value, point.scale, point.signed, setpoint.allowable_min, setpoint.allowable_max)
         client = self._client(point)
         try:
             response = client.write_register(point.register, raw, device_id=point.unit_id)

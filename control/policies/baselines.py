@@ -27,6 +27,7 @@ from facility.twin.state import CHILLED_WATER as CHW
 from facility.twin.state import CRAH_SUPPLY_AIR as CRAH_SAT
 from facility.twin.state import SERVER_FAN_SPEED as FANS
 from facility.twin.state import TOWER_LEAVING_WATER as TOWER
+from facility.twin.state import is_server_fans
 
 from .base import Policy, PolicyContext, Proposal, SetpointState, State, register
 
@@ -60,6 +61,8 @@ class FixedSetpoints(Policy):
             if env.name == CRAH_SAT:
                 hall = state.halls.get(env.hall)
                 target = self.air_supply_c if hall is not None and hall.cooling_type == "air" else None
+            elif env.name == FANS and not is_server_fans(env):
+                target = None  # another unit's fans (a CRAH's): not the servers' BMC duty
             else:
                 target = self.targets.get(env.name)
             if target is not None and (p := self.limited(sp, target, "fixed baseline setpoint")):

@@ -68,6 +68,7 @@ from facility.twin.state import (
     State,
     coil_bounds,
     coil_violations,
+    is_server_fans,
 )
 from facility.twin.state import CRAH_SUPPLY_AIR as CRAH_SAT
 from facility.twin.state import SERVER_FAN_SPEED as FANS
@@ -116,7 +117,7 @@ def groups(state: State) -> list[Group]:
     found: dict[tuple[str, str | None, str | None], list[Key]] = {}
     for key, sp in sorted(state.setpoints.items()):
         env = sp.envelope
-        if env.name not in DEFAULT_STEPS:
+        if env.name not in DEFAULT_STEPS or (env.name == FANS and not is_server_fans(env)):
             continue
         unit = None if env.hall is not None else env.unit  # site-level units are groups of one
         found.setdefault((env.name, env.hall, unit), []).append(key)
@@ -506,7 +507,7 @@ class SurrogatePredictor:
             now = [max(sp.command, floor_now) for sp in pts]
             new = [max(targets.get(sp.envelope.key, sp.command), floor_new) for sp in pts]
             shift = float(np.mean(new) - np.mean(now)) if pts else 0.0
-            fans = of(FANS)
+            fans = [sp for sp in of(FANS) if is_server_fans(sp.envelope)]
             if fans:
                 rise = hall.gpu_temperature_mean_c - hall.server_inlet_c
                 rise = rise if math.isfinite(rise) and rise > 0 else p.fan_rise_k
@@ -525,7 +526,7 @@ class SurrogatePredictor:
 
     def fan_delta_kw(self, state: State, hall, targets: dict[Key, float]) -> float:
         """Server-fan power change of a hall (affinity law, power ~ duty^3), part of its IT power."""
-        fans = [sp for sp in state.setpoints.values() if sp.envelope.name == FANS and sp.envelope.hall == hall.name]
+        fans = [sp for sp in state.setpoints.values() if is_server_fans(sp.envelope) and sp.envelope.hall == hall.name]
         if not fans or hall.cooling_type != "air":
             return 0.0
         now = np.mean([sp.command ** 3 for sp in fans])
@@ -598,7 +599,7 @@ class ForecastPredictor:
             return {}
         # The forecaster has no server-fan input (its training data never moved them): the surrogate's fan
         # law judges those moves, the forecaster the rest.
-        fans = {k: v for k, v in c.targets.items() if state.setpoints[k].envelope.name == FANS}
+        fans = {k: v for k, v in c.targets.items() if is_server_fans(state.setpoints[k].envelope)}
         rest = {k: v for k, v in c.targets.items() if k not in fans}
         shifts: dict[str, float] = {}
         if rest:

@@ -42,6 +42,9 @@ def test_encoding():
     assert from_raw(0xFFFF, 10, False) == 6553.5
     with pytest.raises(ActuatorError):
         to_raw(4000, 10, True)
+    # Rounding to the register's 0.1 never leaves the allowable range (round(4.5) is 4: 0.4 < 0.45).
+    assert to_raw(0.45, 10, False) == 4 and to_raw(0.45, 10, False, 0.45, 1.0) == 5
+    assert to_raw(0.97, 10, False, 0.4, 0.96) == 9
 
 
 def test_write_and_read_back(server, plant):

@@ -391,3 +391,16 @@ def test_a_throughput_floor_turns_the_fans_up_on_the_twin():
         guard.apply(mpc.propose(state_from_twin(twin, envs, guard.last_change_s)))
         twin.step(60)
     assert twin.setpoint_command("fans-a", FANS) > 0.8
+
+
+def test_another_units_fan_setpoint_is_not_the_server_fans():
+    """A CRAH's own fan speed setpoint shares the name: neither the candidates nor fixed treat it as server fans."""
+    state = fan_state(duty=0.9)
+    crah_fan = _sp("crah-a1", FANS, "crah", "hall-a", 1.0, 0.3, 1.0, 0.1)
+    state = State(state.time, state.elapsed_s, state.outdoor_dry_bulb_c, state.outdoor_wet_bulb_c,
+                  {**state.setpoints, crah_fan.envelope.key: crah_fan}, state.halls, state.facility)
+    moved = {k for c in cand.generate(state) for k in c.targets}
+    assert ("fans-a", FANS) in moved and ("crah-a1", FANS) not in moved
+    assert [p.unit for p in policies.create("fixed").propose(state) if p.setpoint == FANS] == ["fans-a"]
+    s = cand.SurrogatePredictor()
+    assert s.fan_delta_kw(state, state.halls["hall-a"], {("crah-a1", FANS): 0.5}) == 0.0

@@ -4,6 +4,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from facility.models import GPU, CoolingLoop, CoolingUnit, Hall, Node, Rack, Setpoint, Site
+from facility.twin.state import SERVER_FAN_SPEED, SERVER_FANS, server_fan_range_problem
 
 
 class SiteSerializer(serializers.ModelSerializer):
@@ -26,8 +27,8 @@ class CoolingLoopSerializer(serializers.ModelSerializer):
 
 class CoolingUnitSerializer(serializers.ModelSerializer):
     def validate(self, attrs):
-        """The model's own rules (`CoolingUnit.clean`: the hall is the site's; server fans, one per hall), as
-        the admin and the facility file apply them."""
+        """The model's own rules (`CoolingUnit.clean`: the hall is the site's; server fans, one per hall), as the
+        admin applies them."""
         unit = copy.copy(self.instance) if self.instance is not None else CoolingUnit()
         for name, value in attrs.items():
             setattr(unit, name, value)
@@ -85,6 +86,14 @@ class SetpointSerializer(serializers.ModelSerializer):
         hi = attrs.get("allowable_max", getattr(self.instance, "allowable_max", None))
         if lo is not None and hi is not None and lo > hi:
             raise serializers.ValidationError({"allowable_max": "Must not be below allowable_min."})
+        unit = attrs.get("cooling_unit", getattr(self.instance, "cooling_unit", None))
+        name = attrs.get("name", getattr(self.instance, "name", None))
+        measure = attrs.get("unit", getattr(self.instance, "unit", None))
+        fans = unit is not None and unit.kind == SERVER_FANS and name == SERVER_FAN_SPEED
+        if fans and lo is not None and hi is not None:
+            problem = server_fan_range_problem(measure, lo, hi)
+            if problem:
+                raise serializers.ValidationError({"allowable_min": problem})
         return attrs
 
     def create(self, validated_data):

@@ -31,7 +31,9 @@ from .state import (
     CDU_SECONDARY_SUPPLY,
     CHILLED_WATER,
     CRAH_SUPPLY_AIR,
+    SERVER_FAN_RANGE,
     SERVER_FAN_SPEED,
+    SERVER_FANS,
     TOWER_LEAVING_WATER,
 )
 
@@ -50,7 +52,7 @@ KNOWN_SETPOINTS = {
     },
     "pump": {},
     # The twin applies it to its hall's nodes (`Twin`); the plant only keeps the setpoint.
-    "server_fans": {SERVER_FAN_SPEED: ("ratio", 0.8, 0.2, 1.0)},
+    SERVER_FANS: {SERVER_FAN_SPEED: ("ratio", 0.8, *SERVER_FAN_RANGE)},
 }
 MIN_CDU_FLOW = 0.05  # a failed CDU pump still leaves some thermosiphon flow (ours; avoids 1/0)
 

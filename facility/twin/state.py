@@ -42,10 +42,30 @@ CHILLED_WATER = "chilled_water_supply_temperature_setpoint"
 TOWER_LEAVING_WATER = "leaving_water_temperature_setpoint"
 CDU_SECONDARY_SUPPLY = "secondary_supply_temperature_setpoint"
 CDU_PUMP_SPEED = "pump_speed_setpoint"
-# Server fan duty of every node in a hall (the BMC fan policy), on a `server_fans` unit: 0.2-1.0.
+# Server fan duty of every node in a hall (the BMC fan policy), on a `server_fans` unit: 0.2-1.0. Other fans
+# (a CRAH's, a dry cooler's) may carry the same setpoint name: `is_server_fans` tells them apart.
+SERVER_FANS = "server_fans"
 SERVER_FAN_SPEED = "fan_speed_setpoint"
+SERVER_FAN_RANGE = (0.2, 1.0)
 
 Key = tuple[str, str]  # (unit, setpoint name)
+
+
+def is_server_fans(envelope) -> bool:
+    """Is this point a hall's server fan duty (not some other unit's fan)?"""
+    return envelope.kind == SERVER_FANS and envelope.name == SERVER_FAN_SPEED
+
+
+def server_fan_range_problem(measure: str, allowable_min: float, allowable_max: float) -> str | None:
+    """Why a server-fan duty setpoint's envelope is not physical (None: it is): a ratio inside 0.2-1.0, so no
+    envelope can ever let a controller stop a hall's server fans."""
+    lo, hi = SERVER_FAN_RANGE
+    if measure != "ratio":
+        return f"server fan duty is a ratio (0-1), not {measure}"
+    if not lo <= allowable_min <= allowable_max <= hi:
+        return (f"server fan duty must stay within [{lo:g}, {hi:g}]; the allowable range is "
+                f"[{allowable_min:g}, {allowable_max:g}]")
+    return None
 
 
 @dataclass(frozen=True)

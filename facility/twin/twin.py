@@ -26,11 +26,11 @@ from .gpu import GpuBank
 from .layout import Layout, layout_from_facility
 from .params import DEFAULT_PROFILE, Profile, load_profile
 from .plant import Plant
-from .state import SERVER_FAN_SPEED
+from .state import SERVER_FAN_RANGE, SERVER_FAN_SPEED, SERVER_FANS
 from .weather import hour_of_year, load_climate
 from .workload import WorkloadTrace
 
-FAN_DUTY_MIN, FAN_DUTY_MAX = 0.2, 1.0
+FAN_DUTY_MIN, FAN_DUTY_MAX = SERVER_FAN_RANGE
 DEFAULT_FAN_DUTY = 0.8
 
 # DCGM field name -> key of `Twin.gpus()`.
@@ -161,7 +161,7 @@ class Twin:
         # A hall with a `server_fans` unit takes its fan duty from that unit's setpoint (a control point like
         # any other); a hall without one keeps the BMC default, or what `set_fan_duty` sets.
         sps = self.plant.setpoints
-        self._fan_units = {u.name: hall_index[u.hall] for u in lay.units if u.kind == "server_fans"}
+        self._fan_units = {u.name: hall_index[u.hall] for u in lay.units if u.kind == SERVER_FANS}
         self._fan_points = [(h, sps.find(name, SERVER_FAN_SPEED)) for name, h in self._fan_units.items()]
         for h, i in self._fan_points:
             self.fan_duty_command[h] = sps.command[i]

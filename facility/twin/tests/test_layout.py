@@ -141,3 +141,11 @@ def test_server_fans_belong_to_one_hall_each(small_site):
     twice = {**small_site, "cooling_units": [*small_site["cooling_units"], fans, {**fans, "name": "fans-a2"}]}
     with pytest.raises(LayoutError, match="hall 'hall-a' already has 'fans-a'; one server_fans unit per hall"):
         layout_from_facility(twice)
+
+
+def test_server_fans_can_never_be_stopped(small_site):
+    fans = {"name": "fans-a", "kind": "server_fans", "hall": "hall-a", "setpoints": [
+        {"name": "fan_speed_setpoint", "unit": "ratio", "value": 0.5, "allowable_min": 0.0, "allowable_max": 1.0}]}
+    site = {**small_site, "cooling_units": [*small_site["cooling_units"], fans]}
+    with pytest.raises(LayoutError, match=r"setpoints\[0\]: server fan duty must stay within \[0.2, 1\]"):
+        layout_from_facility(site)
