@@ -260,6 +260,15 @@ def propose(setpoint: Setpoint, value, *, user, unit: str | None = None, policy:
                            (f" (clipped: {verdict.message})" if verdict.reasons else ""), "no_change", 422,
                            [{"code": r.code, "message": r.message, "kind": r.kind} for r in verdict.reasons])
     with transaction.atomic():
+        # One open change per point: a second would be judged against a value the first is about to move, and an
+        # approver could not tell which one wins. Locked so two proposers cannot both pass this check.
+        Setpoint.objects.select_for_update().filter(pk=setpoint.pk).first()
+        other = open_changes_for(setpoint).order_by("pk").first()
+        if other is not None:
+            raise ControlError(f"{setpoint} already has an open change #{other.pk} ({other.get_state_display()}, to "
+                               f"{other.to_value:g}): decide or cancel it first", "open_change", 409,
+                               [{"code": "open_change", "message": f"change #{other.pk} is {other.state}",
+                                 "kind": "refuse", "change": other.pk}])
         change = SetpointChange.objects.create(
             setpoint=setpoint, origin=ChangeOrigin.POLICY if policy else ChangeOrigin.OPERATOR,
             from_value=setpoint.value, to_value=verdict.value, requested_value=verdict.requested
@@ -569,6 +578,13 @@ def rollback(change: SetpointChange, reason: str, *, now: datetime | None = None
         )
         audit(AuditAction.ROLLBACK, change=back, at=now, message=reason,
               data={"rollback_of": change.pk, "to": back.to_value, "verdict": verdict.as_dict()})
+        # A proposal still waiting on this point would undo the rollback once approved: it is withdrawn.
+        for waiting in (SetpointChange.objects.select_for_update().filter(
+                setpoint=setpoint, state__in=(ChangeState.PENDING, ChangeState.APPROVED)).exclude(pk=back.pk)):
+            _transition(waiting, ChangeState.CANCELED, now=now, reason=f"superseded by rollback #{back.pk}")
+            waiting.decided_at = now
+            waiting.save()
+            audit(AuditAction.CANCELED, actor_label="rollback", change=waiting, at=now, message=waiting.state_reason)
         _enqueue_apply(back.pk)
     return back
 

@@ -104,7 +104,7 @@ def test_deny_cancel_and_invalid_transitions(plant, people, gpus):
 
 def test_expiry_by_sweep_and_on_late_approval(plant, people, gpus):
     a = changes.propose(plant.crah_sat, 18.5, user=people["operator"], now=T0)
-    b = changes.propose(plant.crah_sat, 17.5, user=people["operator"], now=T0)
+    b = changes.propose(plant.cdu_supply, 26.0, user=people["operator"], now=T0)
     later = T0 + timedelta(hours=1, seconds=1)
     with pytest.raises(changes.ControlError) as exc:
         changes.approve(a.pk, people["approver"], now=later)
@@ -221,11 +221,13 @@ def test_autonomous_mode_and_its_budget(plant, people, gpus, django_capture_on_c
     with django_capture_on_commit_callbacks() as callbacks:
         auto = changes.propose_from_policy(plant.site, Proposal("cdu-b1", "pump_speed_setpoint", 1.1), now=T0, **run)
     assert auto.state == ChangeState.APPROVED and auto.autonomous and len(callbacks) == 1
-    second = changes.propose_from_policy(plant.site, Proposal("cdu-b1", "pump_speed_setpoint", 0.9), now=T0, **run)
+    assert changes.apply_change(auto.pk, actuator=RecordingActuator(), now=T0)["status"] == "applied"
+    second = changes.propose_from_policy(plant.site, Proposal("cdu-b1", "pump_speed_setpoint", 1.0), now=T0, **run)
     assert second.state == ChangeState.PENDING  # budget used up: a person decides
     assert second.audit.filter(action=AuditAction.AUTONOMY_BUDGET).count() == 1
     assert not second.audit.filter(action=AuditAction.APPROVED).exists()
-    manual = changes.propose(plant.cdu_pump, 1.1, user=people["operator"], now=T0)
+    changes.cancel(second.pk, people["operator"], "an operator's own change instead", now=T0)
+    manual = changes.propose(plant.cdu_pump, 1.2, user=people["operator"], now=T0)
     assert manual.state == ChangeState.PENDING  # an operator's own change always needs a second person
     assert AuditEntry.objects.filter(action=AuditAction.AUTONOMY_CHANGED, setpoint=plant.cdu_pump).exists()
 
@@ -408,3 +410,23 @@ def test_a_gpu_that_went_silent_counts_with_its_last_reading(plant, people, monk
         changes.propose(plant.cdu_supply, 26, user=people["operator"], now=T0)
     assert exc.value.reasons[0]["code"] == "thermal_margin" and "86.0" in exc.value.message
     assert changes.propose(plant.cdu_supply, 24, user=people["operator"], now=T0).to_value == 24  # more cooling
+
+
+def test_one_open_change_per_point_and_a_rollback_withdraws_the_waiting_one(plant, people, gpus):
+    """A second proposal for a point with an open change is refused (409, naming it), from any path; a rollback
+    withdraws a proposal still waiting on its point, so approving it later cannot undo the rollback."""
+    first = changes.propose(plant.crah_sat, 18.5, user=people["operator"], now=T0)
+    with pytest.raises(changes.ControlError) as exc:
+        changes.propose(plant.crah_sat, 17.5, user=people["admin"], now=T0)
+    assert (exc.value.code, exc.value.status) == ("open_change", 409)
+    assert f"open change #{first.pk} (Pending, to 18.5)" in exc.value.message
+    assert changes.propose(plant.cdu_supply, 26.0, user=people["operator"], now=T0)  # other points are free
+    changes.approve(first.pk, people["approver"], now=T0)
+    assert changes.apply_change(first.pk, actuator=RecordingActuator(), now=T0)["status"] == "applied"
+    waiting = changes.propose(plant.crah_sat, 19.0, user=people["operator"], now=T0)  # applied: no longer open
+    first.refresh_from_db()
+    back = changes.rollback(first, "breach", now=T0 + timedelta(seconds=30))
+    assert back is not None and back.state == ChangeState.APPROVED
+    waiting.refresh_from_db()
+    assert waiting.state == ChangeState.CANCELED and waiting.state_reason == f"superseded by rollback #{back.pk}"
+    assert waiting.audit.filter(action=AuditAction.CANCELED, actor_label="rollback").exists()
