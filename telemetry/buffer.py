@@ -26,11 +26,36 @@ TRIM_KEEP_SECONDS = 60
 class BufferUnavailable(Exception):
     """The buffer cannot take data now (Redis down): the caller answers 503, nothing is accepted."""
 
+    code = "buffer_unavailable"
+    message = "telemetry buffer is unavailable; nothing was accepted, retry"
+
+
+class BufferFull(BufferUnavailable):
+    """The buffer holds TELEMETRY_BUFFER_MAX_ENTRIES batches not yet trimmed: writers are behind (or the database
+    is down). Refused like an outage (503, nothing accepted) so Redis memory stays bounded."""
+
+    code = "buffer_full"
+
+    def __init__(self, held: int, limit: int):
+        self.message = (f"the telemetry buffer holds {held} batches, its limit is {limit}: the writers are behind; "
+                        "nothing was accepted, retry")
+        super().__init__(self.message)
+
+
+# Check the backlog and append in one round trip, atomically (two ingest requests cannot both take the last place).
+_APPEND_UNLESS_FULL = """
+local held = redis.call('XLEN', KEYS[1])
+if held >= tonumber(ARGV[1]) then return {0, held} end
+return {1, redis.call('XADD', KEYS[1], '*', 'b', ARGV[2])}
+"""
+
 
 class RedisBuffer:
-    def __init__(self, client: redis.Redis, reclaim_idle_ms: int):
+    def __init__(self, client: redis.Redis, reclaim_idle_ms: int, max_entries: int):
         self.client = client
         self.reclaim_idle_ms = reclaim_idle_ms
+        self.max_entries = max_entries
+        self._append = client.register_script(_APPEND_UNLESS_FULL)
         self._group_ready = False
 
     def _ensure_group(self):
@@ -60,10 +85,13 @@ class RedisBuffer:
     def append(self, payload: bytes) -> str:
         try:
             self._ensure_group()
-            return self.client.xadd(STREAM, {"b": payload}).decode()
+            added, value = self._append(keys=[STREAM], args=[self.max_entries, payload])
         except redis.RedisError as exc:
             self._group_ready = False
             raise BufferUnavailable(str(exc)) from exc
+        if not added:
+            raise BufferFull(int(value), self.max_entries)
+        return value.decode()
 
     def claim(self, consumer: str, count: int) -> list[tuple[str, bytes]]:
         """Entries for this consumer: first any left pending too long by a dead writer, then new ones."""
@@ -127,8 +155,9 @@ class RedisBuffer:
 class InProcessBuffer:
     """The embedded default's buffer: same contract, in memory (data in flight is lost with the process)."""
 
-    def __init__(self, reclaim_idle_ms: int):
+    def __init__(self, reclaim_idle_ms: int, max_entries: int):
         self.reclaim_idle_ms = reclaim_idle_ms
+        self.max_entries = max_entries
         self._lock = threading.Lock()
         self._new: dict[str, bytes] = {}
         self._pending: dict[str, tuple[str, float, bytes]] = {}  # id -> (consumer, delivered_at, payload)
@@ -138,6 +167,9 @@ class InProcessBuffer:
 
     def append(self, payload: bytes) -> str:
         with self._lock:
+            held = len(self._new) + len(self._pending)
+            if held >= self.max_entries:
+                raise BufferFull(held, self.max_entries)
             ms = int(time.time() * 1000)
             self._seq = self._seq + 1 if ms <= self._last_ms else 0
             self._last_ms = max(ms, self._last_ms)
@@ -188,5 +220,5 @@ def get_buffer() -> RedisBuffer | InProcessBuffer:
     if settings.REDIS_URL:
         from config.redis_client import get_redis
 
-        return RedisBuffer(get_redis(), settings.TELEMETRY_RECLAIM_IDLE_MS)
-    return InProcessBuffer(settings.TELEMETRY_RECLAIM_IDLE_MS)
+        return RedisBuffer(get_redis(), settings.TELEMETRY_RECLAIM_IDLE_MS, settings.TELEMETRY_BUFFER_MAX_ENTRIES)
+    return InProcessBuffer(settings.TELEMETRY_RECLAIM_IDLE_MS, settings.TELEMETRY_BUFFER_MAX_ENTRIES)

@@ -103,8 +103,8 @@ class IngestStreamConsumer(WebsocketConsumer):
             self._reply(frame_id, 400, {"code": "invalid_batch", "message": f"{len(exc.errors)} problem(s); nothing "
                                         "in this batch was accepted", "errors": errors})
             return
-        except BufferUnavailable:
-            self._reply(frame_id, 503, {"code": "buffer_unavailable", "message": "nothing was accepted; reconnect"})
+        except BufferUnavailable as exc:
+            self._reply(frame_id, 503, {"code": exc.code, "message": exc.message})
             self.close(code=CLOSE_TRY_AGAIN)
             return
         self._reply(frame_id, 202, report.as_dict())

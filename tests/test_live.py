@@ -195,7 +195,7 @@ def test_permission_is_checked_per_event(demo, client, make_user, monkeypatch):
 
 
 def test_in_process_buffer_tail_is_bounded_and_ordered(settings):
-    buffer = InProcessBuffer(1000)
+    buffer = InProcessBuffer(1000, max_entries=10_000)
     ids = [buffer.append(f"p{i}".encode()) for i in range(5)]
     assert [eid for eid, _ in buffer.tail("0-0", 10)] == ids
     assert [p for _, p in buffer.tail(ids[1], 2)] == [b"p2", b"p3"]

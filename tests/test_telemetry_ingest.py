@@ -394,3 +394,29 @@ def test_a_gpu_added_in_another_process_is_known_here_within_seconds(client, sou
     assert added.returncode == 0, added.stderr[-2000:]
     response = post(client, "/api/v1/telemetry/samples", batch, source[1]).json()
     assert response["accepted"] == 1 and not response["unknown_entities"]
+
+
+def test_a_full_buffer_is_503_with_retry_after_and_accepts_again_once_drained(client, source, monkeypatch):
+    """Backpressure: with the writers behind, the buffer stops at TELEMETRY_BUFFER_MAX_ENTRIES batches; what it
+    refuses is not accepted (503, Retry-After), what it took is stored, and ingest resumes once it drains."""
+    from telemetry import buffer
+
+    monkeypatch.setattr(buffer, "TRIM_KEEP_SECONDS", 0)  # live views' last minute would count against the cap
+    gpu = demo_gpus(1)[0]
+    get_buffer.cache_clear()
+    try:
+        with override_settings(TELEMETRY_BUFFER_MAX_ENTRIES=2):
+            for ago in (-9, -8):
+                assert post(client, "/api/v1/telemetry/samples", _json_samples(gpu, (60.0 - ago, ago)),
+                            source[1]).status_code == 202
+            full = post(client, "/api/v1/telemetry/samples", _json_samples(gpu, (99.0, -7)), source[1])
+            assert full.status_code == 503 and full["Retry-After"] == "5"
+            assert full.json()["code"] == "buffer_full" and "holds 2 batches, its limit is 2" in full.json()["message"]
+            drain()
+            get_buffer().trim()
+            again = post(client, "/api/v1/telemetry/samples", _json_samples(gpu, (70.0, -6)), source[1])
+            assert again.status_code == 202, again.content
+            drain()
+    finally:
+        get_buffer.cache_clear()
+    assert sorted(GpuSample.objects.values_list("gpu_temp", flat=True)) == [68.0, 69.0, 70.0]

@@ -288,6 +288,9 @@ LOGGING = {
 # --- Telemetry --------------------------------------------------------------------------------------
 # A writer that has held buffer entries this long without acknowledging them is presumed dead.
 TELEMETRY_RECLAIM_IDLE_MS = env.int("TELEMETRY_RECLAIM_IDLE_MS", default=30_000)
+# Backpressure: while the buffer holds this many batches (writers behind, or the database down), ingest answers
+# 503 with Retry-After and accepts nothing, so the buffer (Redis memory) stays bounded and nothing accepted is lost.
+TELEMETRY_BUFFER_MAX_ENTRIES = env.int("TELEMETRY_BUFFER_MAX_ENTRIES", default=50_000)
 # Samples older or further in the future than this are refused (clock errors, replays of old files).
 TELEMETRY_MAX_AGE_SECONDS = env.int("TELEMETRY_MAX_AGE_SECONDS", default=7 * 86400)
 TELEMETRY_MAX_FUTURE_SECONDS = env.int("TELEMETRY_MAX_FUTURE_SECONDS", default=300)

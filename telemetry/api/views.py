@@ -148,11 +148,8 @@ class IngestView(APIView):
                                       if len(exc.errors) > len(errors) else {}),
                 status=status.HTTP_400_BAD_REQUEST,
             )
-        except BufferUnavailable:
-            response = Response(
-                error_body("buffer_unavailable", "telemetry buffer is unavailable; nothing was accepted, retry"),
-                status=status.HTTP_503_SERVICE_UNAVAILABLE,
-            )
+        except BufferUnavailable as exc:
+            response = Response(error_body(exc.code, exc.message), status=status.HTTP_503_SERVICE_UNAVAILABLE)
             response["Retry-After"] = "5"
             return response
         return Response(report.as_dict(), status=status.HTTP_202_ACCEPTED)
