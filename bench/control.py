@@ -24,6 +24,7 @@ policy meeting the most targets (then the lowest kWh/EFLOP) is named best. A con
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -78,7 +79,32 @@ def _run(job: dict) -> dict:
         r.policy = job["policy"]  # a variant's label (mpc>=0.97) in the table
     except Exception as exc:  # a controller that cannot run is reported, not fatal
         return {**job, "error": f"{type(exc).__name__}: {exc}"}
+    _add_cooling_with_server_fans(job, r.metrics)
     return {**job, "metrics": r.metrics, "wall_s": r.wall_s, "result": r}
+
+
+@functools.cache
+def _default_server_fan_kw() -> float:
+    """The demo facility's server-fan power with every fan at the BMC default duty."""
+    import yaml
+
+    from facility.management.commands.seed_demo import DEMO_FILE
+    from facility.twin.twin import Twin
+
+    twin = Twin(yaml.safe_load(DEMO_FILE.read_text()))
+    twin.step(1)
+    return twin.server_fan_kw
+
+
+def _add_cooling_with_server_fans(job: dict, metrics: dict) -> None:
+    """`cooling_with_server_fans_kwh`: the plant's cooling plus the servers' fans (metered as IT; a policy that
+    moves the fans can shift cooling work into them). A run without the metric that never moved the fans (a
+    baseline, or one from before the fans were a control point) held them at the BMC default all along."""
+    fans = metrics.get("server_fan_kwh")
+    if fans is None and (job.get("name", job["policy"]) in BASELINES or not job.get("server_fans", True)):
+        fans = _default_server_fan_kw() * job["days"] * 24
+    if fans is not None:
+        metrics["cooling_with_server_fans_kwh"] = metrics["cooling_kwh"] + fans
 
 
 
@@ -148,6 +174,7 @@ def _from_record(job: dict, record: dict) -> dict:
     result = EvaluationResult(job["policy"], job["climate"], job["workload"], job["seed"], job["days"],
                               record["profile"], record["metrics"], record["series"], record["clipped_by"],
                               record["violations_by"], record["wall_s"])
+    _add_cooling_with_server_fans(job, result.metrics)
     return {**job, "metrics": result.metrics, "wall_s": result.wall_s, "result": result}
 
 def _date(text: str) -> date:
@@ -192,7 +219,7 @@ def _compare(results, policy: str, baseline: str, key: str, where=lambda r: True
     ratios, so an inference run's kWh/EFLOP, 3x a training run's, does not outweigh it)."""
     def runs(name):
         return {(r.climate, r.workload, r.seed): float(r.metrics[key]) for r in results
-                if r.policy == name and where(r)}
+                if r.policy == name and where(r) and key in r.metrics}
     mine, theirs = runs(policy), runs(baseline)
     both = mine.keys() & theirs.keys()
     if not both:
@@ -203,6 +230,8 @@ def _compare(results, policy: str, baseline: str, key: str, where=lambda r: True
 def _measures(results, policy: str, where=lambda r: True) -> dict:
     runs = [r for r in results if r.policy == policy and where(r)]
     out = {f"cooling_vs_{b}": _compare(results, policy, b, "cooling_kwh", where) for b in ("fixed", "trim_respond")}
+    out |= {f"cooling_with_fans_vs_{b}": _compare(results, policy, b, "cooling_with_server_fans_kwh", where)
+            for b in ("fixed", "trim_respond")}
     out |= {f"kwh_per_eflop_vs_{b}": _compare(results, policy, b, "kwh_per_eflop", where) for b in BASELINES}
     out["throughput_ratio"] = statistics.fmean(float(r.metrics["throughput_ratio"]) for r in runs)
     out["violations"] = sum(int(r.metrics["envelope_violations"]) for r in runs)
@@ -211,10 +240,23 @@ def _measures(results, policy: str, where=lambda r: True) -> dict:
     return out
 
 
+def _targets_met(policy: str, m: dict) -> dict:
+    below = [x for b in BASELINES if b != policy and (x := m[f"kwh_per_eflop_vs_{b}"]) is not None]
+    return {
+        "cooling_vs_fixed": None if m["cooling_vs_fixed"] is None
+        else m["cooling_vs_fixed"] <= TARGETS["cooling_vs_fixed"],
+        "cooling_vs_trim_respond": None if m["cooling_vs_trim_respond"] is None
+        else m["cooling_vs_trim_respond"] <= TARGETS["cooling_vs_trim_respond"],
+        "kwh_per_eflop_below_baselines": all(x < 0 for x in below) if below else None,
+        "throughput": m["throughput_ratio"] >= TARGETS["throughput"],
+        "safe": m["violations"] == 0 and m["shutdowns"] == 0,
+    }
+
+
 def summarise(results, policies: list[str], climates: list[str], workloads: list[str]) -> dict:
     """Ratios against the baselines per climate and workload, and per policy over all its runs with the
     control issue's targets (None where the baseline a target needs did not run); the best policy."""
-    rows, overall = [], []
+    rows, overall, by_workload = [], [], []
     for policy in policies:
         for climate in climates:
             for workload in workloads:
@@ -225,21 +267,19 @@ def summarise(results, policies: list[str], climates: list[str], workloads: list
         if not any(r.policy == policy for r in results):
             continue
         m = _measures(results, policy)
-        below = [x for b in BASELINES if b != policy and (x := m[f"kwh_per_eflop_vs_{b}"]) is not None]
-        met = {
-            "cooling_vs_fixed": None if m["cooling_vs_fixed"] is None
-            else m["cooling_vs_fixed"] <= TARGETS["cooling_vs_fixed"],
-            "cooling_vs_trim_respond": None if m["cooling_vs_trim_respond"] is None
-            else m["cooling_vs_trim_respond"] <= TARGETS["cooling_vs_trim_respond"],
-            "kwh_per_eflop_below_baselines": all(x < 0 for x in below) if below else None,
-            "throughput": m["throughput_ratio"] >= TARGETS["throughput"],
-            "safe": m["violations"] == 0 and m["shutdowns"] == 0,
-        }
-        overall.append({"policy": policy, **m, "targets_met": met})
-    candidates = [o for o in overall if o["policy"] not in BASELINES]
+        overall.append({"policy": policy, **m, "targets_met": _targets_met(policy, m)})
+        # The issue states its targets as means over climates and seeds: also judged within each workload.
+        for workload in workloads:
+            where = lambda r, w=workload: r.workload == w  # noqa: E731
+            if len(workloads) > 1 and any(r.policy == policy and where(r) for r in results):
+                mw = _measures(results, policy, where)
+                by_workload.append({"policy": policy, "workload": workload, **mw,
+                                    "targets_met": _targets_met(policy, mw)})
+    # A policy with a violation or a shutdown is never the best, whatever else it meets.
+    candidates = [o for o in overall if o["policy"] not in BASELINES and o["targets_met"]["safe"]]
     best = max(candidates, default=None, key=lambda o: (sum(v is True for v in o["targets_met"].values()),
                                                         -(o["kwh_per_eflop_vs_fixed"] or 0.0)))
-    return {"rows": rows, "overall": overall, "best": best["policy"] if best else None}
+    return {"rows": rows, "overall": overall, "by_workload": by_workload, "best": best["policy"] if best else None}
 
 
 def summary_text(summary: dict) -> str:
@@ -264,6 +304,19 @@ def summary_text(summary: dict) -> str:
         flags = "(baseline)" if o["policy"] in BASELINES else " ".join(
             f"{k}:{_flag(v)}" for k, v in o["targets_met"].items())
         out.append(f"{line(o['policy'], o)}  {flags}")
+    if summary.get("by_workload"):
+        out += ["", "The same within each workload (means over climates and seeds)", header, "-" * len(header)]
+        for o in summary["by_workload"]:
+            flags = "(baseline)" if o["policy"] in BASELINES else " ".join(
+                f"{k}:{_flag(v)}" for k, v in o["targets_met"].items())
+            out.append(f"{line(o['policy'] + ' / ' + o['workload'], o)}  {flags}")
+    with_fans = [o for o in summary["overall"] if o["policy"] not in BASELINES
+                 and o.get("cooling_with_fans_vs_fixed") is not None]
+    if with_fans:
+        out += ["", "Cooling including the servers' fans (metered as IT power; a policy that moves them can shift "
+                "cooling work into the servers), means over all runs:"]
+        out += [f"{o['policy']:<34}{_fmt_ratio(o['cooling_with_fans_vs_fixed']):>13} vs fixed"
+                f"{_fmt_ratio(o['cooling_with_fans_vs_trim_respond']):>13} vs trim_respond" for o in with_fans]
     if summary["best"]:
         out.append(f"\nbest policy: {summary['best']}")
     return "\n".join(out)

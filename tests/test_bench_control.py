@@ -128,3 +128,43 @@ def test_the_baselines_run_the_same_with_or_without_the_server_fan_point():
     mpc = {"policy": "mpc", "name": "mpc", "params": {}, "climate": "hot", "workload": "training", "seed": 0,
            "days": 1.0, "start": "2025-07-01"}
     assert bench._job_key({**mpc, "server_fans": True}) != bench._job_key({**mpc, "server_fans": False})
+
+
+def test_targets_within_each_workload_fan_energy_and_an_unsafe_policy_is_never_best():
+    def with_fans(result, fans_kwh):
+        result.metrics["cooling_with_server_fans_kwh"] = result.metrics["cooling_kwh"] + fans_kwh
+        return result
+
+    results = [
+        with_fans(run("fixed", "hot", 1000, 0.83, workload="training"), 500),
+        with_fans(run("fixed", "hot", 800, 2.0, throughput=1.0, workload="inference"), 500),
+        with_fans(run("trim_respond", "hot", 900, 1.0, workload="training"), 500),
+        with_fans(run("trim_respond", "hot", 700, 2.5, throughput=1.0, workload="inference"), 500),
+        # Throughput 99.4 % on training and 100 % on inference: the mean passes, training alone does not; and it
+        # moved cooling work into the server fans (+300 kWh on training).
+        with_fans(run("mpc", "hot", 700, 0.80, throughput=0.994, workload="training"), 800),
+        with_fans(run("mpc", "hot", 500, 1.9, throughput=1.0, workload="inference"), 400),
+        run("unsafe", "hot", 100, 0.5, throughput=1.0, workload="training", violations=1),
+        run("unsafe", "hot", 100, 1.0, throughput=1.0, workload="inference"),
+    ]
+    s = bench.summarise(results, ["fixed", "trim_respond", "mpc", "unsafe"], ["hot"], ["training", "inference"])
+    overall = {o["policy"]: o for o in s["overall"]}
+    assert overall["mpc"]["targets_met"]["throughput"] is True
+    per = {(o["policy"], o["workload"]): o for o in s["by_workload"]}
+    assert per["mpc", "training"]["targets_met"]["throughput"] is False
+    assert per["mpc", "inference"]["targets_met"]["throughput"] is True
+    assert overall["mpc"]["cooling_with_fans_vs_fixed"] == pytest.approx(((1500 / 1500) + (900 / 1300)) / 2 - 1)
+    assert s["best"] == "mpc"  # "unsafe" meets more targets but had a violation
+    text = bench.summary_text(s)
+    assert "The same within each workload" in text and "Cooling including the servers' fans" in text
+
+
+def test_a_stored_run_that_never_moved_the_fans_counts_them_at_the_bmc_default():
+    metrics = {"cooling_kwh": 100.0}
+    bench._add_cooling_with_server_fans({"policy": "fixed", "name": "fixed", "days": 1.0}, metrics)
+    assert metrics["cooling_with_server_fans_kwh"] == pytest.approx(100.0 + bench._default_server_fan_kw() * 24)
+    # 16 air-cooled nodes' fans (1.2 kW at full duty) at 0.8, 16 liquid-cooled nodes' fixed 150 W, through the PSUs.
+    assert bench._default_server_fan_kw() == pytest.approx((16 * 1200 * 0.8 ** 3 + 16 * 150) / 0.95 / 1000)
+    mpc = {"cooling_kwh": 100.0}
+    bench._add_cooling_with_server_fans({"policy": "mpc", "name": "mpc", "days": 1.0, "server_fans": True}, mpc)
+    assert "cooling_with_server_fans_kwh" not in mpc  # it may have moved them and did not record their energy

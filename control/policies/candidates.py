@@ -244,6 +244,11 @@ class Outcome:
     tail_ref_tflop: float = 0.0  # the continuation's work at clock fraction 1
     tail_cooling_kwh: float = 0.0  # the continuation's cooling share of tail_kwh
     end_cooling_kw: float = math.nan  # cooling power at the end of the horizon (nan: unknown, use the mean)
+    # The servers' fans (part of IT): cooling work done inside the servers, priced with the plant's by
+    # `cooling_weight` so a policy cannot look cheaper on cooling by moving the work into the servers.
+    server_fan_kwh: float = 0.0
+    tail_server_fan_kwh: float = 0.0
+    end_server_fan_kw: float = math.nan
 
     @property
     def kwh_per_eflop(self) -> float:
@@ -298,17 +303,22 @@ def score(o: Outcome, gpus: int, terminal_s: float = 300.0, hot_weight: float = 
     the penalties are shares of GPU-time hot (>85 C) or thermally throttled, shutdowns per GPU, and (with
     `min_throughput`, a share of unthrottled work) the predicted shortfall below that floor over the horizon
     and its continuation: each point below it costs `floor_weight` points of objective, far more than any
-    energy a move saves. `cooling_weight` counts each kWh of cooling 1 + w times: an operator's price on
-    cooling beyond its energy (water, plant wear, a demand charge); 0 is plain facility energy."""
+    energy a move saves. `cooling_weight` counts each kWh of cooling 1 + w times, the plant's and the server
+    fans' alike: an operator's price on cooling beyond its energy (water, plant wear, a demand charge); 0 is
+    plain facility energy."""
     if o.tail_tflop > 0:  # a predicted continuation replaces the held end rates
         kwh, tflop = o.facility_kwh + o.tail_kwh, o.tflop + o.tail_tflop
-        cooling = o.cooling_kwh + o.tail_cooling_kwh
+        cooling = o.cooling_kwh + o.tail_cooling_kwh + o.server_fan_kwh + o.tail_server_fan_kwh
     else:
         kwh = o.facility_kwh + o.end_facility_kw * terminal_s / 3600
         tflop = o.tflop + o.end_tflops * terminal_s
-        end_cooling_kw = o.end_cooling_kw if math.isfinite(o.end_cooling_kw) else (
-            o.cooling_kwh * 3600 / o.horizon_s if o.horizon_s > 0 else 0.0)
-        cooling = o.cooling_kwh + end_cooling_kw * terminal_s / 3600
+
+        def held(end_kw: float, over_horizon_kwh: float) -> float:
+            mean_kw = over_horizon_kwh * 3600 / o.horizon_s if o.horizon_s > 0 else 0.0
+            kw = end_kw if math.isfinite(end_kw) else mean_kw
+            return over_horizon_kwh + kw * terminal_s / 3600
+
+        cooling = held(o.end_cooling_kw, o.cooling_kwh) + held(o.end_server_fan_kw, o.server_fan_kwh)
     if tflop <= 0:
         return math.inf
     gpu_s = max(gpus, 1) * max(o.horizon_s + o.tail_s, 1.0)
@@ -381,7 +391,7 @@ class TwinPredictor:
         n_sub = max(1, round(self.step_s / self.substep_s))
         dt = self.step_s / n_sub
         h = dt / 3600
-        fac = it = cool = tflop = ref = hot = thr = 0.0
+        fac = it = cool = fans = tflop = ref = hot = thr = 0.0
         tmax = float(b.tj.max()) if b.n else math.nan
         shut0 = b.shutdown_events
         fac_kw = tflops = cool_kw = 0.0
@@ -394,6 +404,7 @@ class TwinPredictor:
             fac += fac_kw * h
             it += it_kw * h
             cool += cool_kw * h
+            fans += tw.server_fan_kw * h
             tflop += tflops * dt
             ref += float((tw.workload.tflops_max * tw.workload.u).sum()) * dt
             tj = b.tj
@@ -403,20 +414,22 @@ class TwinPredictor:
             thr += float(thermal.sum()) * dt
         end_max = float(b.tj.max()) if b.n else math.nan
         end_cool_kw = cool_kw if self.horizon_steps else math.nan
-        tail_kwh = tail_cool = tail_tflop = tail_ref = 0.0
+        end_fans_kw = tw.server_fan_kw if self.horizon_steps else math.nan
+        tail_kwh = tail_cool = tail_fans = tail_tflop = tail_ref = 0.0
         for _ in range(self.tail_steps):
             tw.step(1, self.tail_step_s)
             it_kw = float(tw.node_power_w.sum()) / 1000
             cool_kw = tw.plant.cooling_kw
             tail_kwh += (it_kw + cool_kw + tw.plant.losses_kw(it_kw)) * self.tail_step_s / 3600
             tail_cool += cool_kw * self.tail_step_s / 3600
+            tail_fans += tw.server_fan_kw * self.tail_step_s / 3600
             tail_tflop += float(b.tflops().sum()) * self.tail_step_s
             tail_ref += float((tw.workload.tflops_max * tw.workload.u).sum()) * self.tail_step_s
             hot += float((b.tj > HOT_C).sum()) * self.tail_step_s
         self.rollouts += 1
         return Outcome(self.horizon_s, fac, it, cool, tflop, ref, tmax, hot, thr, int(b.shutdown_events - shut0),
                        fac_kw, tflops, self.name, tail_kwh, tail_tflop, end_max, self.tail_steps * self.tail_step_s,
-                       tail_ref, tail_cool, end_cool_kw)
+                       tail_ref, tail_cool, end_cool_kw, fans, tail_fans, end_fans_kw)
 
     def predict(self, state: State, candidates: Sequence[Candidate]) -> list[Outcome]:
         return [self.rollout(c.targets) for c in candidates]
@@ -524,14 +537,26 @@ class SurrogatePredictor:
             shift += p.liquid_rise_k_per_flow * (ratio ** -p.flow_r_exponent - 1.0)
         return shift
 
-    def fan_delta_kw(self, state: State, hall, targets: dict[Key, float]) -> float:
-        """Server-fan power change of a hall (affinity law, power ~ duty^3), part of its IT power."""
+    def _fan_cubes(self, state: State, hall, targets: dict[Key, float]) -> tuple[float, float]:
+        """Mean duty^3 of a hall's server fans now and with `targets` (the hall's own duty where it has no point)."""
         fans = [sp for sp in state.setpoints.values() if is_server_fans(sp.envelope) and sp.envelope.hall == hall.name]
-        if not fans or hall.cooling_type != "air":
+        if not fans:
+            return hall.fan_duty ** 3, hall.fan_duty ** 3
+        return (float(np.mean([sp.command ** 3 for sp in fans])),
+                float(np.mean([targets.get(sp.envelope.key, sp.command) ** 3 for sp in fans])))
+
+    def fan_delta_kw(self, state: State, hall, targets: dict[Key, float]) -> float:
+        """Server-fan power change of an air hall (affinity law, power ~ duty^3), part of its IT power."""
+        if hall.cooling_type != "air":
             return 0.0
-        now = np.mean([sp.command ** 3 for sp in fans])
-        new = np.mean([targets.get(sp.envelope.key, sp.command) ** 3 for sp in fans])
-        return float(hall.gpus * self.p.server_fan_kw_per_gpu * (new - now))
+        now, new = self._fan_cubes(state, hall, targets)
+        return hall.gpus * self.p.server_fan_kw_per_gpu * (new - now)
+
+    def server_fans_kw(self, state: State, hall, targets: dict[Key, float]) -> float:
+        """An air hall's server-fan power with `targets` (liquid halls' fans are fixed and not counted here)."""
+        if hall.cooling_type != "air":
+            return 0.0
+        return hall.gpus * self.p.server_fan_kw_per_gpu * self._fan_cubes(state, hall, targets)[1]
 
     def outcome(self, state: State, targets: dict[Key, float],
                 gpu_shift: dict[str, float] | None = None, source: str | None = None) -> Outcome:
@@ -553,6 +578,7 @@ class SurrogatePredictor:
             tflops += tf
             ref += hall.tflops / max(1 - p.soft_derate_per_k * over_now, 0.3)
             tmax = max(tmax, hall.gpu_temperature_max_c + max(ss, avg))
+        fans_kw = sum(self.server_fans_kw(state, hall, targets) for hall in state.halls.values())
         cool_kw = fac.get("cooling_power_kw", 0.0) + self.plant_delta_kw(state, targets)
         loss_ratio = fac.get("losses_kw", 0.0) / max(fac.get("it_power_kw", 0.0), 1e-9)
         fac_kw = it_kw + cool_kw + loss_ratio * it_kw
@@ -563,7 +589,8 @@ class SurrogatePredictor:
         return Outcome(self.horizon_s, fac_kw * h, it_kw * h, cool_kw * h, tflops * self.horizon_s,
                        ref * self.horizon_s, tmax if math.isfinite(tmax) else math.nan, hot, 0.0,
                        int(tmax >= 92.0), fac_kw, tflops, source or self.name,
-                       end_max_gpu_c=tmax if math.isfinite(tmax) else math.nan, end_cooling_kw=cool_kw)
+                       end_max_gpu_c=tmax if math.isfinite(tmax) else math.nan, end_cooling_kw=cool_kw,
+                       server_fan_kwh=fans_kw * h, end_server_fan_kw=fans_kw)
 
     def predict(self, state: State, candidates: Sequence[Candidate]) -> list[Outcome]:
         return [self.outcome(state, c.targets) for c in candidates]

@@ -404,3 +404,18 @@ def test_another_units_fan_setpoint_is_not_the_server_fans():
     assert [p.unit for p in policies.create("fixed").propose(state) if p.setpoint == FANS] == ["fans-a"]
     s = cand.SurrogatePredictor()
     assert s.fan_delta_kw(state, state.halls["hall-a"], {("crah-a1", FANS): 0.5}) == 0.0
+
+
+def test_a_cooling_weight_prices_the_server_fans_as_cooling():
+    """Server fans are metered as IT but do cooling work: a cooling weight must not make moving that work from
+    the plant into the servers look cheap."""
+    plant_only = cand.Outcome(150.0, 10.0, 8.0, 2.0, 1e7, 1e7, 70.0, end_facility_kw=240.0, end_tflops=1e7 / 150,
+                              end_cooling_kw=48.0)
+    into_fans = cand.Outcome(150.0, 10.0, 8.0, 1.0, 1e7, 1e7, 70.0, end_facility_kw=240.0, end_tflops=1e7 / 150,
+                             end_cooling_kw=24.0, server_fan_kwh=1.0, end_server_fan_kw=24.0)
+    assert cand.score(into_fans, 10, cooling_weight=4.0) == pytest.approx(cand.score(plant_only, 10, cooling_weight=4.0))
+    s = cand.SurrogatePredictor()
+    state = fan_state()
+    up = s.outcome(state, {("fans-a", FANS): 0.9})
+    hold = s.outcome(state, {})
+    assert up.server_fan_kwh - hold.server_fan_kwh == pytest.approx(64 * 0.158 * (0.9 ** 3 - 0.8 ** 3) * 150 / 3600)

@@ -57,7 +57,7 @@ class Meter:
         self.twin = twin
         n = len(twin.gpu_uuids)
         self.seconds = 0.0
-        self.it_kwh = self.cooling_kwh = self.losses_kwh = 0.0
+        self.it_kwh = self.cooling_kwh = self.losses_kwh = self.server_fan_kwh = 0.0
         self.tflop = self.ref_tflop = 0.0
         self.gpu_s_throttled = self.gpu_s_hot = 0.0
         self.events_power = self.events_thermal = 0
@@ -98,6 +98,7 @@ class Meter:
         self._tj_sq += tj * tj
         self.it_kwh += it_kw * h
         self.cooling_kwh += cool_kw * h
+        self.server_fan_kwh += tw.server_fan_kw * h
         self.losses_kwh += loss_kw * h
         self.tflop += tflop
         self.ref_tflop += self._ref * dt
@@ -121,6 +122,8 @@ class Meter:
             "facility_kwh": fac,
             "it_kwh": self.it_kwh,
             "cooling_kwh": self.cooling_kwh,
+            # The servers' fans: metered as IT (node power), but cooling work a policy can trade against the plant's.
+            "server_fan_kwh": self.server_fan_kwh,
             "losses_kwh": self.losses_kwh,
             "eflop": eflop,
             "kwh_per_eflop": fac / eflop if eflop > 0 else math.inf,

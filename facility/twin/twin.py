@@ -172,6 +172,7 @@ class Twin:
         self._t_cool = np.empty(n_gpus)
         self._host_w = np.zeros(n_nodes)
         self.node_power_w = np.zeros(n_nodes)
+        self.server_fan_kw = 0.0  # the nodes' fans (in their IT power), through the PSUs
         self.node_gpu_power_w = np.zeros(n_nodes)
         self._outdoor = self._outdoor_at(0.0)
 
@@ -231,6 +232,7 @@ class Twin:
         node_duty = self.fan_duty[self._node_hall]
         fan_w = np.where(self._node_liquid, nd.p_fan_liquid_w, nd.p_fan_air_max_w * node_duty**3)
         node_w = (gpu_w + self._host_w + fan_w) / nd.eta_psu
+        self.server_fan_kw = float(fan_w.sum()) / nd.eta_psu / 1000
         self.node_power_w, self.node_gpu_power_w = node_w, gpu_w
         liquid_w = np.where(self._node_liquid, gpu_w, 0.0)
         n_racks = len(rack_liquid)
@@ -376,6 +378,7 @@ class Twin:
         tflops = float(b.tflops().sum())
         return {
             "it_power_kw": it_kw,
+            "server_fan_power_kw": self.server_fan_kw,  # part of IT power: cooling work done inside the servers
             "cooling_power_kw": cooling_kw,
             "losses_kw": losses_kw,
             "facility_power_kw": total_kw,

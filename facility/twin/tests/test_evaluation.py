@@ -129,6 +129,7 @@ class _FakeTwin:
     def __init__(self, n):
         self.gpu_uuids = tuple(range(n))
         self.node_power_w = np.array([1000.0])
+        self.server_fan_kw = 0.1
         self.plant = SimpleNamespace(cooling_kw=0.5, losses_kw=lambda it: 0.1)
         self.workload = SimpleNamespace(version=0, tflops_max=np.full(n, 10.0), u=np.ones(n))
         self.bank = SimpleNamespace(phi=np.ones(n), shutdown=np.zeros(n, bool), tj=np.full(n, 49.0),
