@@ -71,7 +71,9 @@ def _run(job: dict) -> dict:
 
     facility = yaml.safe_load(DEMO_FILE.read_text())
     if not job.get("server_fans", True):
-        facility["cooling_units"] = [u for u in facility["cooling_units"] if u["kind"] != "server_fans"]
+        from facility.twin.state import SERVER_FANS
+
+        facility["cooling_units"] = [u for u in facility["cooling_units"] if u["kind"] != SERVER_FANS]
     try:
         policy = policies.create(job.get("name", job["policy"]), **job["params"])
         r = evaluate(policy, facility, days=job["days"], climate=job["climate"], workload=job["workload"],

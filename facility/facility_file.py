@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from facility.choices import Climate, CoolingLoopKind, CoolingType, CoolingUnitKind, SetpointUnit
 from facility.models import GPU, CoolingLoop, CoolingUnit, Hall, Node, Rack, Setpoint, Site
-from facility.twin.state import SERVER_FAN_SPEED, SERVER_FANS, server_fan_range_problem
+from facility.twin.state import SERVER_FANS, server_fan_range_problem
 
 FORMAT = "fusedc-facility/1"
 
@@ -151,12 +151,10 @@ def _cross_check(doc: FacilityFile) -> list[str]:
             if name is not None and name not in loops:
                 errors.append(f"{where}.{attr}: no cooling loop named {name!r}")
         _duplicates(unit.setpoints, lambda x: x.name, f"{where}.setpoints", "name", errors)
-        if unit.kind == SERVER_FANS:  # a hall's nodes' fans: one fan duty per hall, never stopped
-            for i, sp in enumerate(unit.setpoints):
-                problem = sp.name == SERVER_FAN_SPEED and server_fan_range_problem(sp.unit, sp.allowable_min,
-                                                                                   sp.allowable_max)
-                if problem:
-                    errors.append(f"{where}.setpoints[{i}]: {problem}")
+        for i, sp in enumerate(unit.setpoints):
+            if problem := server_fan_range_problem(unit.kind, sp.name, sp.unit, sp.allowable_min, sp.allowable_max):
+                errors.append(f"{where}.setpoints[{i}]: {problem}")
+        if unit.kind == SERVER_FANS:  # a hall's nodes' fans: one fan duty per hall
             if unit.hall is None:
                 errors.append(f"{where}.hall: server fans belong to a hall")
             elif unit.hall in fans_of_hall:

@@ -15,7 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from facility.choices import Climate, CoolingLoopKind, CoolingType, CoolingUnitKind, SetpointUnit
-from facility.twin.state import SERVER_FAN_SPEED, server_fan_range_problem
+from facility.twin.state import server_fan_range_problem
 
 __all__ = ("GPU", "ApiToken", "CoolingLoop", "CoolingUnit", "Hall", "Node", "Rack", "Setpoint", "Site")
 
@@ -206,11 +206,9 @@ class Setpoint(models.Model):
         if self.allowable_min is not None and self.allowable_max is not None:
             if self.allowable_min > self.allowable_max:
                 raise ValidationError({"allowable_max": "Must not be below allowable_min."})
-            unit = self.cooling_unit if self.cooling_unit_id else None
-            if unit is not None and unit.kind == CoolingUnitKind.SERVER_FANS and self.name == SERVER_FAN_SPEED:
-                problem = server_fan_range_problem(self.unit, self.allowable_min, self.allowable_max)
-                if problem:
-                    raise ValidationError({"allowable_min": problem})
+            kind = self.cooling_unit.kind if self.cooling_unit_id else ""
+            if problem := server_fan_range_problem(kind, self.name, self.unit, self.allowable_min, self.allowable_max):
+                raise ValidationError({"allowable_min": problem})
             if self.value is not None and not self.allowable_min <= self.value <= self.allowable_max:
                 raise ValidationError({"value": "Must lie within the allowable range."})
 

@@ -464,6 +464,11 @@ class SurrogateParams:
     server_fan_kw_per_gpu: float = 0.158
 
 
+def _server_fans(state: State, hall: str) -> list[SetpointState]:
+    """A hall's server-fan duty points (not other units' fans of the same setpoint name)."""
+    return [sp for sp in state.setpoints.values() if is_server_fans(sp.envelope) and sp.envelope.hall == hall]
+
+
 class SurrogatePredictor:
     """A State-only what-if (module docstring). Coarse: it knows the TWIN.md laws, not this site's data."""
 
@@ -520,7 +525,7 @@ class SurrogatePredictor:
             now = [max(sp.command, floor_now) for sp in pts]
             new = [max(targets.get(sp.envelope.key, sp.command), floor_new) for sp in pts]
             shift = float(np.mean(new) - np.mean(now)) if pts else 0.0
-            fans = [sp for sp in of(FANS) if is_server_fans(sp.envelope)]
+            fans = _server_fans(state, hall.name)
             if fans:
                 rise = hall.gpu_temperature_mean_c - hall.server_inlet_c
                 rise = rise if math.isfinite(rise) and rise > 0 else p.fan_rise_k
@@ -537,26 +542,19 @@ class SurrogatePredictor:
             shift += p.liquid_rise_k_per_flow * (ratio ** -p.flow_r_exponent - 1.0)
         return shift
 
-    def _fan_cubes(self, state: State, hall, targets: dict[Key, float]) -> tuple[float, float]:
-        """Mean duty^3 of a hall's server fans now and with `targets` (the hall's own duty where it has no point)."""
-        fans = [sp for sp in state.setpoints.values() if is_server_fans(sp.envelope) and sp.envelope.hall == hall.name]
-        if not fans:
-            return hall.fan_duty ** 3, hall.fan_duty ** 3
-        return (float(np.mean([sp.command ** 3 for sp in fans])),
-                float(np.mean([targets.get(sp.envelope.key, sp.command) ** 3 for sp in fans])))
+    def server_fans_kw(self, state: State, hall, targets: dict[Key, float]) -> float:
+        """An air hall's server-fan power with `targets` (affinity law, power ~ duty^3; part of its IT power; the
+        hall's own duty where it has no fan point). Liquid halls' fans are fixed and not counted here."""
+        if hall.cooling_type != "air":
+            return 0.0
+        fans = _server_fans(state, hall.name)
+        cube = (float(np.mean([targets.get(sp.envelope.key, sp.command) ** 3 for sp in fans])) if fans
+                else hall.fan_duty ** 3)
+        return hall.gpus * self.p.server_fan_kw_per_gpu * cube
 
     def fan_delta_kw(self, state: State, hall, targets: dict[Key, float]) -> float:
-        """Server-fan power change of an air hall (affinity law, power ~ duty^3), part of its IT power."""
-        if hall.cooling_type != "air":
-            return 0.0
-        now, new = self._fan_cubes(state, hall, targets)
-        return hall.gpus * self.p.server_fan_kw_per_gpu * (new - now)
-
-    def server_fans_kw(self, state: State, hall, targets: dict[Key, float]) -> float:
-        """An air hall's server-fan power with `targets` (liquid halls' fans are fixed and not counted here)."""
-        if hall.cooling_type != "air":
-            return 0.0
-        return hall.gpus * self.p.server_fan_kw_per_gpu * self._fan_cubes(state, hall, targets)[1]
+        """Server-fan power change of a hall if `targets` held."""
+        return self.server_fans_kw(state, hall, targets) - self.server_fans_kw(state, hall, {})
 
     def outcome(self, state: State, targets: dict[Key, float],
                 gpu_shift: dict[str, float] | None = None, source: str | None = None) -> Outcome:

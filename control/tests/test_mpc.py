@@ -413,7 +413,8 @@ def test_a_cooling_weight_prices_the_server_fans_as_cooling():
                               end_cooling_kw=48.0)
     into_fans = cand.Outcome(150.0, 10.0, 8.0, 1.0, 1e7, 1e7, 70.0, end_facility_kw=240.0, end_tflops=1e7 / 150,
                              end_cooling_kw=24.0, server_fan_kwh=1.0, end_server_fan_kw=24.0)
-    assert cand.score(into_fans, 10, cooling_weight=4.0) == pytest.approx(cand.score(plant_only, 10, cooling_weight=4.0))
+    weighted = cand.score(plant_only, 10, cooling_weight=4.0)
+    assert cand.score(into_fans, 10, cooling_weight=4.0) == pytest.approx(weighted)
     s = cand.SurrogatePredictor()
     state = fan_state()
     up = s.outcome(state, {("fans-a", FANS): 0.9})

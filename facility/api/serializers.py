@@ -4,7 +4,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from facility.models import GPU, CoolingLoop, CoolingUnit, Hall, Node, Rack, Setpoint, Site
-from facility.twin.state import SERVER_FAN_SPEED, SERVER_FANS, server_fan_range_problem
+from facility.twin.state import server_fan_range_problem
 
 
 class SiteSerializer(serializers.ModelSerializer):
@@ -89,11 +89,9 @@ class SetpointSerializer(serializers.ModelSerializer):
         unit = attrs.get("cooling_unit", getattr(self.instance, "cooling_unit", None))
         name = attrs.get("name", getattr(self.instance, "name", None))
         measure = attrs.get("unit", getattr(self.instance, "unit", None))
-        fans = unit is not None and unit.kind == SERVER_FANS and name == SERVER_FAN_SPEED
-        if fans and lo is not None and hi is not None:
-            problem = server_fan_range_problem(measure, lo, hi)
-            if problem:
-                raise serializers.ValidationError({"allowable_min": problem})
+        if unit is not None and lo is not None and hi is not None and (
+                problem := server_fan_range_problem(unit.kind, name, measure, lo, hi)):
+            raise serializers.ValidationError({"allowable_min": problem})
         return attrs
 
     def create(self, validated_data):

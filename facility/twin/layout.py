@@ -9,15 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .state import SERVER_FAN_SPEED, SERVER_FANS, server_fan_range_problem
+from .state import SERVER_FANS, server_fan_range_problem
 
 FORMAT = "fusedc-facility/1"
 CLIMATES = ("hot", "mixed", "cool")
 COOLING_TYPES = ("air", "liquid")
 LOOP_KINDS = ("chilled_water", "condenser_water", "facility_water", "technology_cooling")
-UNIT_KINDS = ("crah", "crac", "cdu", "chiller", "cooling_tower", "dry_cooler", "pump", "server_fans")
-# Units that act on a hall's servers, not on its air or water: one per hall at most (its fan duty is one value).
-HALL_ONLY_KINDS = (SERVER_FANS,)
+UNIT_KINDS = ("crah", "crac", "cdu", "chiller", "cooling_tower", "dry_cooler", "pump", SERVER_FANS)
 
 
 class LayoutError(ValueError):
@@ -177,12 +175,9 @@ def _unit(d, path, loops: set[str]) -> Unit:
             raise LayoutError(f"{path}.{key}: unknown cooling loop {loop!r}")
     if unit.capacity_kw is not None and unit.capacity_kw <= 0:
         raise LayoutError(f"{path}.capacity_kw: must be positive")
-    if unit.kind == SERVER_FANS:
-        for i, sp in enumerate(sps):
-            problem = sp.name == SERVER_FAN_SPEED and server_fan_range_problem(sp.unit, sp.allowable_min,
-                                                                               sp.allowable_max)
-            if problem:
-                raise LayoutError(f"{path}.setpoints[{i}]: {problem}")
+    for i, sp in enumerate(sps):
+        if problem := server_fan_range_problem(unit.kind, sp.name, sp.unit, sp.allowable_min, sp.allowable_max):
+            raise LayoutError(f"{path}.setpoints[{i}]: {problem}")
     return unit
 
 
@@ -266,7 +261,7 @@ def layout_from_facility(data: Mapping) -> Layout:
     for i, u in enumerate(units):
         if u.hall is not None and u.hall not in hall_names:
             raise LayoutError(f"cooling_units[{i}].hall: unknown hall {u.hall!r}")
-        if u.kind in HALL_ONLY_KINDS:
+        if u.kind == SERVER_FANS:  # a hall's nodes' fans: one fan duty per hall
             if u.hall is None:
                 raise LayoutError(f"cooling_units[{i}].hall: a {u.kind} unit belongs to a hall")
             if u.hall in fans_of_hall:

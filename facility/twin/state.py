@@ -56,9 +56,12 @@ def is_server_fans(envelope) -> bool:
     return envelope.kind == SERVER_FANS and envelope.name == SERVER_FAN_SPEED
 
 
-def server_fan_range_problem(measure: str, allowable_min: float, allowable_max: float) -> str | None:
-    """Why a server-fan duty setpoint's envelope is not physical (None: it is): a ratio inside 0.2-1.0, so no
-    envelope can ever let a controller stop a hall's server fans."""
+def server_fan_range_problem(kind: str, name: str, measure: str, allowable_min: float,
+                             allowable_max: float) -> str | None:
+    """Why a setpoint's envelope is not physical for a server-fan duty (None: it is, or the point is not one): a
+    ratio inside 0.2-1.0, so no envelope can ever let a controller stop a hall's server fans."""
+    if kind != SERVER_FANS or name != SERVER_FAN_SPEED:
+        return None
     lo, hi = SERVER_FAN_RANGE
     if measure != "ratio":
         return f"server fan duty is a ratio (0-1), not {measure}"
